@@ -1,0 +1,41 @@
+"""One root error for everything shapetrace refuses, each subclass saying when you see it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "InputShapeError",
+    "ModelLoadError",
+    "NoAttentionLayersError",
+    "ShapeTraceError",
+    "TraceError",
+]
+
+
+class ShapeTraceError(Exception):
+    """Root of every error shapetrace raises on purpose.
+
+    Messages name the layer (where there is one), the shapes involved and the fix.
+    """
+
+
+class InputShapeError(ShapeTraceError, ValueError):
+    """Raised before a forward when the requested sizes or given tensors cannot work.
+
+    For example a height not divisible by 8, a context whose width does not match the
+    model's ``cross_attention_dim``, or a batch of 0.
+    """
+
+
+class NoAttentionLayersError(ShapeTraceError, LookupError):
+    """Raised when a model holds no attention layer shapetrace can hook, or a forward ran
+    without calling any of them. Silence here would mean an empty report."""
+
+
+class TraceError(ShapeTraceError, RuntimeError):
+    """Raised when a forward fails inside a traced attention layer; the message names the
+    layer and the shapes it was given, and the original error is chained."""
+
+
+class ModelLoadError(ShapeTraceError, OSError):
+    """Raised when a model name is unknown or a local weights folder is missing, partial or
+    not in a safe format."""
