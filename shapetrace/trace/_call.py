@@ -1,0 +1,207 @@
+"""The bookkeeping of one attention call: stages as they are seen, then a LayerRecord."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from shapetrace.journey import STAGE_ORDER, Check, LayerRecord, Stage
+from shapetrace.trace._discover import LayerInfo
+from shapetrace.trace._labels import LabelTable
+from shapetrace.trace._normalize import heads_layout, to_bhtd
+
+__all__ = ["AttentionCall", "CallState", "Probe"]
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class AttentionCall:
+    """What a probe sees of one attention call, once its probabilities are known or derivable.
+
+    ``query_heads`` (B, H, N, d) and ``key_heads`` (B, H, M, d) are views of the tensors that
+    entered the score computation; ``probs`` is (B, H, N, M) when the code materialized them.
+    """
+
+    layer: LayerRecord
+    query_heads: torch.Tensor
+    key_heads: torch.Tensor
+    scale: float
+    mask: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+
+    def compute_probs(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """softmax(q kᵀ · scale) over the keys, (B, H, N, M), computed beside the layer."""
+        if self.probs is not None:
+            return self.probs.to(dtype)
+        with torch.no_grad():
+            q = self.query_heads.to(dtype)
+            k = self.key_heads.to(dtype)
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+            if self.mask is not None:
+                if self.mask.dtype == torch.bool:
+                    scores = scores.masked_fill(~self.mask, float("-inf"))
+                else:
+                    scores = scores + self.mask.to(dtype)
+            return scores.softmax(dim=-1)
+
+
+class Probe(Protocol):
+    def on_attention(self, call: AttentionCall) -> None: ...
+
+
+@dataclass
+class CallState:
+    """Everything recorded while one attention layer runs."""
+
+    info: LayerInfo
+    call: int
+    probes: tuple[Probe, ...] = ()
+    monitors: bool = True
+    geometry: Shape | None = None  # (B, C, h, w) of the innermost 4-D ancestor input
+    labels: LabelTable = field(default_factory=LabelTable)
+    stages: dict[str, Stage] = field(default_factory=dict)
+    kind: str | None = None
+    scale: float = 1.0
+    scale_seen: bool = False
+    sdpa_scale: float | None = None
+    heads: int | None = None
+    head_dim: int | None = None
+    softmax_dim: int | None = None
+    checks: list[Check] = field(default_factory=list)
+    q_in: torch.Tensor | None = field(default=None, repr=False)
+    q_raw: torch.Tensor | None = field(default=None, repr=False)
+    k_raw: torch.Tensor | None = field(default=None, repr=False)
+    probed: bool = False
+    pending_scores: tuple[Shape, str] | None = None
+    record: LayerRecord | None = None
+    dtype: str = ""
+    device: str = ""
+
+    # -- stages ------------------------------------------------------------------------
+    def add(self, name: str, shape: Shape, **extra: Any) -> None:
+        """Record a stage the first time it is seen (a chunked layer repeats its ops)."""
+        if name not in self.stages:
+            self.stages[name] = Stage(name=name, shape=tuple(int(s) for s in shape), **extra)
+
+    @property
+    def batch(self) -> int | None:
+        for name in ("query", "input", "tokens"):
+            if name in self.stages and self.stages[name].shape:
+                return self.stages[name].shape[0]
+        return None
+
+    def add_heads(self, name: str, tensor: torch.Tensor, op: str) -> None:
+        raw = tuple(tensor.shape)
+        shape, layout, heads = heads_layout(raw, self.batch, self.heads or self.info.heads)
+        if self.heads is None and heads is not None:
+            self.heads = heads
+        if self.head_dim is None and name == "query_heads":
+            self.head_dim = shape[-1]
+        self.add(name, shape, op=op, raw_shape=raw, layout=layout)
+
+    def add_pair(self, name: str, raw: Shape, op: str, *, derived: bool = False) -> None:
+        """Scores or probabilities: (B*H, N, M) or (B, H, N, M), recorded as (B, H, N, M)."""
+        shape, layout, _ = heads_layout(raw, self.batch, self.heads)
+        layout = layout.replace("T, d", "N, M")
+        self.add(name, shape, op=op, raw_shape=raw, layout=layout, derived=derived)
+
+    # -- probes --------------------------------------------------------------------------
+    def _layer_view(self) -> LayerRecord:
+        return LayerRecord(
+            name=self.info.name,
+            kind=self.kind or "self",
+            place=self.info.place,
+            resolution=self.resolution(),
+            processor=self.info.processor_name(),
+            heads=self.heads or self.info.heads or 1,
+            head_dim=self.head_dim or 0,
+            module_type=self.info.module_type,
+            call=self.call,
+        )
+
+    def wanted_by(self) -> list[Probe]:
+        if not self.probes or self.probed:
+            return []
+        view = self._layer_view()
+        return [p for p in self.probes if getattr(p, "wants", lambda _layer: True)(view)]
+
+    def fire(
+        self,
+        probes: list[Probe],
+        *,
+        scale: float,
+        mask: torch.Tensor | None = None,
+        probs: torch.Tensor | None = None,
+    ) -> None:
+        if self.q_raw is None or self.k_raw is None or not probes:
+            return
+        batch, heads = self.batch, self.heads
+        if batch is None or heads is None:
+            return
+        self.probed = True
+        call = AttentionCall(
+            layer=self._layer_view(),
+            query_heads=to_bhtd(self.q_raw, batch, heads),
+            key_heads=to_bhtd(self.k_raw, batch, heads),
+            scale=scale,
+            mask=mask,
+            probs=to_bhtd(probs, batch, heads) if probs is not None else None,
+        )
+        for probe in probes:
+            probe.on_attention(call)
+
+    # -- the record ----------------------------------------------------------------------
+    def resolution(self) -> tuple[int, int] | None:
+        if "feature_map" in self.stages:
+            fm = self.stages["feature_map"].shape
+            return (fm[2], fm[3])
+        return None
+
+    def attach_geometry(self, input_shape: Shape) -> None:
+        """Record the feature map this layer's tokens came from, if the geometry agrees."""
+        if len(input_shape) == 4:
+            self.add("feature_map", input_shape, op="layer input")
+            return
+        g = self.geometry
+        if g is not None and len(input_shape) == 3 and input_shape[1] == g[2] * g[3]:
+            self.add("feature_map", g, op="enclosing block input", note="flattened to tokens")
+
+    def effective_scale(self) -> float | None:
+        if self.sdpa_scale is not None:
+            return self.sdpa_scale
+        return self.scale if ("scores" in self.stages or self.scale_seen) else None
+
+    def finish(self) -> LayerRecord:
+        order = [*STAGE_ORDER[:2], "tokens", *STAGE_ORDER[2:]]
+        stages = [self.stages[n] for n in order if n in self.stages]
+        stages += [s for n, s in self.stages.items() if n not in order]
+        heads = self.heads or self.info.heads or 1
+        head_dim = self.head_dim
+        if head_dim is None and "query" in self.stages:
+            head_dim = self.stages["query"].shape[-1] // heads
+        scale = self.effective_scale()
+        self.record = LayerRecord(
+            name=self.info.name,
+            kind=self.kind or "self",
+            place=self.info.place,
+            resolution=self.resolution(),
+            processor=self.info.processor_name(),
+            heads=heads,
+            head_dim=head_dim or 0,
+            stages=stages,
+            module_type=self.info.module_type,
+            call=self.call,
+            scale=None if scale is None else float(scale),
+            dtype=self.dtype,
+            device=self.device,
+            checks=self.checks,
+        )
+        return self.record
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

@@ -1,0 +1,85 @@
+"""Runtime monitors: what the tracer checks of each call while it runs.
+
+Shape checks hold on every device, `meta` included; value checks (row sums, finiteness) run
+only where there are values. Violations are recorded as failed `Check`s, never raised: the
+journey and the report show them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from shapetrace.journey import Check
+
+if TYPE_CHECKING:
+    from shapetrace.trace._call import CallState
+
+__all__ = ["Check", "final_checks", "softmax_checks"]
+
+_ROW_SUM_ATOL = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 1e-4}
+
+
+def _has_values(t: torch.Tensor) -> bool:
+    return t.device.type != "meta"
+
+
+def softmax_checks(state: CallState, scores: torch.Tensor, probs: torch.Tensor, axis: int) -> None:
+    """The softmax normalizes over the key axis, and (with values) each row sums to 1."""
+    ndim = scores.dim()
+    keys = scores.shape[-1]
+    if axis == ndim - 1:
+        state.checks.append(Check("softmax_axis", True, f"softmax over the {keys} keys"))
+    else:
+        state.checks.append(
+            Check(
+                "softmax_axis",
+                False,
+                f"softmax over axis {axis - ndim} (size {scores.shape[axis]}) of scores "
+                f"{tuple(scores.shape)}; it must run over the last axis, the {keys} keys "
+                "(dim=-1)",
+            )
+        )
+    if not _has_values(probs) or axis != ndim - 1:
+        return
+    sums = probs.detach().sum(dim=-1, dtype=torch.float32)
+    err = float((sums - 1.0).abs().max()) if sums.numel() else 0.0
+    atol = _ROW_SUM_ATOL.get(probs.dtype, 1e-10 if probs.dtype == torch.float64 else 1e-4)
+    fully_masked = bool(torch.isnan(sums).any())
+    ok = (err <= atol) and not fully_masked
+    detail = f"max |row sum - 1| = {err:.2e} (atol {atol:g}) over {sums.numel()} rows"
+    if fully_masked:
+        detail += "; some rows are NaN (every key masked?)"
+    state.checks.append(Check("rows_sum_to_one", ok, detail))
+
+
+def final_checks(state: CallState, output: object) -> None:
+    """Heads x head_dim equals the inner width; the scale is 1/sqrt(head_dim); output finite."""
+    stages = state.stages
+    if "query" in stages and "query_heads" in stages:
+        inner = stages["query"].shape[-1]
+        _, h, _, d = stages["query_heads"].shape
+        ok = h * d == inner
+        state.checks.append(
+            Check("heads_x_head_dim", ok, f"{h} heads x {d} = {h * d}, inner width {inner}")
+        )
+    scale = state.effective_scale()
+    if scale is not None and "query_heads" in stages:
+        d = stages["query_heads"].shape[-1]
+        want = 1.0 / math.sqrt(d)
+        ok = math.isclose(scale, want, rel_tol=1e-3)
+        detail = f"scale {scale:.6g}, 1/sqrt(head_dim={d}) = {want:.6g}"
+        if not ok and "query" in stages:
+            inner = stages["query"].shape[-1]
+            if math.isclose(scale, 1.0 / math.sqrt(inner), rel_tol=1e-3) and inner != d:
+                detail += f"; it is 1/sqrt(inner width {inner}): scale by the head dim"
+            elif math.isclose(scale, 1.0):
+                detail += "; the scores are not scaled"
+        state.checks.append(Check("scale", ok, detail))
+    out = output[0] if isinstance(output, (tuple, list)) and output else output
+    if isinstance(out, torch.Tensor) and _has_values(out) and out.is_floating_point():
+        finite = bool(torch.isfinite(out.detach()).all())
+        detail = "output finite" if finite else "output has NaN or inf"
+        state.checks.append(Check("finite", finite, detail))
