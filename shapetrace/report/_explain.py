@@ -1,0 +1,192 @@
+"""One layer's journey as rows: step, stage, shape, layout, op and a sentence per stage.
+
+The sentences follow seed 002's table (Q from the image, K and V from the text projected
+768 → 320, split into heads, scores, softmax over the keys, weighted sum, merge, output), with
+every number read from the recorded shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from shapetrace.journey import LayerRecord, Stage
+from shapetrace.report._format import DASH, TIMES, fmt_grid, fmt_shape, symbolic
+
+__all__ = ["Dims", "StageRow", "legend", "stage_rows"]
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The named dimensions of one layer call (None where no stage tells)."""
+
+    B: int | None
+    N: int | None
+    M: int | None
+    C: int | None  # inner width H·d
+    C_in: int | None  # width of the image-side input
+    D: int | None  # width of the key/value source (context for cross, input for self)
+    C_out: int | None
+    H: int
+    d: int
+    grid: tuple[int, int] | None
+    cross: bool
+
+    @classmethod
+    def of(cls, layer: LayerRecord) -> Dims:
+        """Read the dimensions off ``layer``'s stages."""
+
+        def axis(stage: str, i: int) -> int | None:
+            if not layer.has(stage):
+                return None
+            shape = layer.shape(stage)
+            return int(shape[i]) if -len(shape) <= i < len(shape) else None
+
+        c_in = axis("input", -1)
+        if layer.has("input") and len(layer.shape("input")) == 4:
+            c_in = axis("input", 1)
+        batch = axis("query", 0) or axis("input", 0)
+        cross = layer.kind == "cross"
+        return cls(
+            B=batch,
+            N=axis("query", 1) or axis("query_heads", 2),
+            M=axis("key", 1) or axis("key_heads", 2) or axis("context", 1),
+            C=axis("query", -1) or layer.heads * layer.head_dim,
+            C_in=c_in,
+            D=(axis("context", -1) if cross else c_in) or c_in,
+            C_out=axis("output", -1),
+            H=layer.heads,
+            d=layer.head_dim,
+            grid=layer.resolution,
+            cross=cross,
+        )
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One row of a journey table."""
+
+    step: int
+    name: str
+    shape: str
+    layout: str
+    op: str
+    derived: bool
+    raw_shape: str  # "(8, 1024, 77)" when the code's own shape differed, else ""
+    raw_layout: str  # "(B*H, N, M)": the code's own layout, when the tracer recorded it
+    explanation: str
+
+
+def _n(x: int | None) -> str:
+    return DASH if x is None else str(x)
+
+
+def _scale_text(layer: LayerRecord, d: int) -> str:
+    nominal = 1 / math.sqrt(d) if d > 0 else None
+    scale = layer.scale if layer.scale is not None else nominal
+    if scale is None:
+        return ""
+    if nominal is not None and math.isclose(scale, nominal, rel_tol=1e-6):
+        return f", scaled by 1/√{d} ≈ {scale:.3g}"
+    return f", scaled by {scale:.4g} (not 1/√d)"
+
+
+def _explain(stage: Stage, layer: LayerRecord, x: Dims, has_map: bool) -> str:
+    image = "image token" if x.grid is not None or has_map else "query token"
+    keys = "text tokens" if x.cross else f"{image}s"
+    source = "the text" if x.cross else "the same tokens (self-attention)"
+    grid = fmt_grid(x.grid)
+    name, ndim = stage.name, len(stage.shape)
+    if name == "feature_map" or (name == "input" and ndim == 4):
+        where = "as the layer got it" if name == "input" else "from the UNet's convolutions"
+        return f"image side: a feature map {where}, {_n(x.C_in)} channels on a {grid} grid"
+    if name == "input":
+        if has_map and x.grid is not None:
+            h, w = x.grid
+            return f"flattened to a sequence: {h}{TIMES}{w} = {h * w} {image}s of {_n(x.C_in)}"
+        on_grid = f" ({grid} grid)" if x.grid is not None else ""
+        return f"{_n(x.N)} {image}s{on_grid} of {_n(x.C_in)}, as the layer got them"
+    if name == "context":
+        return f"text side: {_n(x.M)} text tokens of {_n(x.D)} (encoder_hidden_states)"
+    if name == "query":
+        same = " (width unchanged)" if x.C_in == x.C else ""
+        return f"Q from the {image}s: W_Q {_n(x.C_in)}{TIMES}{_n(x.C)}{same}"
+    if name in ("key", "value"):
+        letter = name[0].upper()
+        another = "another linear layer, " if name == "value" else ""
+        if x.cross and x.D != x.C:
+            return (
+                f"{letter} from the text: {another}W_{letter} {_n(x.D)}{TIMES}{_n(x.C)} "
+                f"projects {_n(x.D)} → {_n(x.C)} to match the image side"
+            )
+        return f"{letter} from {source}: {another}W_{letter} {_n(x.D)}{TIMES}{_n(x.C)}"
+    if name in ("query_heads", "key_heads", "value_heads"):
+        letter = name[0].upper()
+        return f"{letter}: split {_n(x.C)} into {x.H} heads of {x.d}"
+    if name == "scores":
+        kt = fmt_shape((x.B or 0, x.H, x.d, x.M or 0)) if x.B and x.M else "(B, H, d, M)"
+        return (
+            f"Q·Kᵀ (Kᵀ is {kt}){_scale_text(layer, x.d)}: {_n(x.N)} {image}s "
+            f"× {_n(x.M)} {keys} per head"
+        )
+    if name == "probs":
+        return (
+            f"softmax over the last axis, the {_n(x.M)} keys: each {image}'s weights "
+            f"over the {_n(x.M)} {keys} sum to 1"
+        )
+    if name == "attended":
+        return f"probs · V: each {image} a weighted sum of the {_n(x.M)} value vectors"
+    if name == "merged":
+        return f"merge the {x.H} heads back: {x.H}{TIMES}{x.d} = {_n(x.C)}"
+    if name == "output":
+        what = "image features now carrying text information" if x.cross else "layer output"
+        return f"W_O {_n(x.C)}{TIMES}{_n(x.C_out)} (to_out): {what}"
+    return ""
+
+
+def stage_rows(layer: LayerRecord) -> list[StageRow]:
+    """The rows of ``layer``'s journey table, in recorded order, numbered from 1."""
+    x = Dims.of(layer)
+    has_map = layer.has("feature_map")
+    rows = []
+    for step, stage in enumerate(layer.stages, start=1):
+        text = _explain(stage, layer, x, has_map)
+        if stage.note:
+            text = f"{text}; {stage.note}" if text else stage.note
+        raw = ""
+        if stage.raw_shape is not None and tuple(stage.raw_shape) != tuple(stage.shape):
+            raw = fmt_shape(stage.raw_shape)
+        rows.append(
+            StageRow(
+                step=step,
+                name=stage.name,
+                shape=fmt_shape(stage.shape),
+                layout=symbolic(stage.name, len(stage.shape)),
+                op=stage.op or DASH,
+                derived=stage.derived,
+                raw_shape=raw,
+                raw_layout=stage.layout,
+                explanation=text,
+            )
+        )
+    return rows
+
+
+def legend(layer: LayerRecord) -> str:
+    """What each letter stands for in this layer, with its real number.
+
+    >>> legend(first_cross_at_256)  # doctest: +SKIP
+    'B=1 batch · N=1024 image tokens (32×32) · M=77 text tokens · C=320 = H·d = 8·40 · D=768'
+    """
+    x = Dims.of(layer)
+    grid = f" ({fmt_grid(x.grid)})" if x.grid is not None else ""
+    image = "image" if x.grid is not None or layer.has("feature_map") else "query"
+    parts = [f"B={_n(x.B)} batch", f"N={_n(x.N)} {image} tokens{grid}"]
+    if x.cross:
+        parts.append(f"M={_n(x.M)} text tokens")
+    else:
+        parts.append(f"M={_n(x.M)} keys (= N, self-attention)")
+    parts.append(f"C={_n(x.C)} = H·d = {x.H}·{x.d}")
+    if x.cross:
+        parts.append(f"D={_n(x.D)} text width")
+    return " · ".join(parts)

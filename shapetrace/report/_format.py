@@ -1,0 +1,137 @@
+"""Shared formatting for every report: shapes, symbolic layouts, grids and short layer names.
+
+>>> fmt_shape((1, 8, 1024, 77))
+'(1, 8, 1024, 77)'
+>>> symbolic("scores", 4)
+'(B, H, N, M)'
+>>> short_name("down_blocks.0.attentions.0.transformer_blocks.0.attn2")
+'down.0.0.attn2'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from shapetrace.journey import LayerRecord, Stage
+
+__all__ = [
+    "DASH",
+    "TIMES",
+    "block_of",
+    "channels",
+    "fmt_grid",
+    "fmt_shape",
+    "maybe_shape",
+    "short_name",
+    "short_names",
+    "symbolic",
+    "width_of",
+]
+
+DASH = "—"
+TIMES = "×"
+
+#: The symbolic layout of each contract stage, in the normalized layout. C is the layer's
+#: inner width (H·d), D the context width, (h, w) the grid the N tokens come from.
+_SYMBOLIC: dict[str, str] = {
+    "feature_map": "(B, C, h, w)",
+    "input": "(B, N, C)",
+    "context": "(B, M, D)",
+    "query": "(B, N, C)",
+    "key": "(B, M, C)",
+    "value": "(B, M, C)",
+    "query_heads": "(B, H, N, d)",
+    "key_heads": "(B, H, M, d)",
+    "value_heads": "(B, H, M, d)",
+    "scores": "(B, H, N, M)",
+    "probs": "(B, H, N, M)",
+    "attended": "(B, H, N, d)",
+    "merged": "(B, N, C)",
+    "output": "(B, N, C)",
+}
+
+_SHORTEN: tuple[tuple[str, str], ...] = (
+    (r"(^|\.)down_blocks\.", r"\1down."),
+    (r"(^|\.)up_blocks\.", r"\1up."),
+    (r"(^|\.)mid_block\.", r"\1mid."),
+    (r"\.attentions\.", "."),
+    (r"(^|\.)transformer_blocks\.0\.", r"\1"),
+    (r"(^|\.)transformer_blocks\.(\d+)\.", r"\1t\2."),
+)
+
+
+def fmt_shape(shape: Sequence[int]) -> str:
+    """A shape as Python prints a tuple: ``(1, 1024, 320)``, ``(5,)``, ``()``."""
+    return str(tuple(int(x) for x in shape))
+
+
+def maybe_shape(layer: LayerRecord, name: str) -> str:
+    """The shape of stage ``name`` of ``layer``, or a dash when the layer has no such stage."""
+    return fmt_shape(layer.shape(name)) if layer.has(name) else DASH
+
+
+def symbolic(name: str, ndim: int) -> str:
+    """The symbolic layout of a stage, e.g. ``(B, H, N, d)``; a dash for unknown stages or
+    when the recorded rank does not match the contract's."""
+    sym = _SYMBOLIC.get(name)
+    if sym is None or sym.count(",") + 1 != ndim:
+        return DASH
+    return sym
+
+
+def fmt_grid(resolution: Sequence[int] | None) -> str:
+    """``64×96`` for a (h, w) grid, a dash when the layer has none (e.g. text attention)."""
+    if not resolution:
+        return DASH
+    h, w = resolution
+    return f"{h}{TIMES}{w}"
+
+
+def short_name(name: str) -> str:
+    """A diffusers module path shortened for tables; other names come back unchanged.
+
+    >>> short_name("mid_block.attentions.0.transformer_blocks.0.attn1")
+    'mid.0.attn1'
+    >>> short_name("up_blocks.1.attentions.2.transformer_blocks.3.attn2")
+    'up.1.2.t3.attn2'
+    """
+    out = name
+    for pattern, repl in _SHORTEN:
+        out = re.sub(pattern, repl, out)
+    return out
+
+
+def short_names(names: Iterable[str]) -> dict[str, str]:
+    """Full name -> short name, keeping the full name wherever two would shorten alike."""
+    full = list(dict.fromkeys(names))
+    short = {n: short_name(n) for n in full}
+    counts: dict[str, int] = {}
+    for s in short.values():
+        counts[s] = counts.get(s, 0) + 1
+    return {n: (s if counts[s] == 1 else n) for n, s in short.items()}
+
+
+def block_of(name: str) -> str:
+    """The block a layer sits in: ``down_blocks.0`` for ``down_blocks.0.attentions.1...``.
+
+    Names without an ``attentions`` container are their own block.
+    """
+    head, sep, _ = name.partition(".attentions.")
+    return head if sep else name
+
+
+def width_of(stage: Stage) -> int:
+    """The last axis of a stage's shape (channels of a token tensor)."""
+    return int(stage.shape[-1]) if stage.shape else 0
+
+
+def channels(layer: LayerRecord) -> int:
+    """The image-side channels of a layer: the feature map's C when recorded, else the width
+    of the layer's input tokens (``(B, N, C)``), else its query width."""
+    if layer.has("feature_map") and len(layer.shape("feature_map")) == 4:
+        return int(layer.shape("feature_map")[1])
+    for name in ("input", "query"):
+        if layer.has(name):
+            return width_of(layer.stage(name))
+    return layer.heads * layer.head_dim
