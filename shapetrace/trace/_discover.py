@@ -35,8 +35,10 @@ def _first_linear(module: nn.Module | None) -> nn.Linear | None:
 
 
 def _has_projections(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, n, None), nn.Linear) for n in ("to_q", "to_k", "to_v")) \
+    return (
+        all(isinstance(getattr(module, n, None), nn.Linear) for n in ("to_q", "to_k", "to_v"))
         and _first_linear(getattr(module, "to_out", None)) is not None
+    )
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,11 @@ def _bte(t: torch.Tensor, batch_first: bool) -> tuple[int, int, int]:
     return t.shape[1], t.shape[0], t.shape[2]
 
 
-def mha_pre(state: CallState, info: LayerInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def mha_pre(
+    state: CallState, info: LayerInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
     module = info.module
+    assert isinstance(module, torch.nn.MultiheadAttention)
     names = ("query", "key", "value")
     given = dict(zip(names, args))
     given.update({n: kwargs[n] for n in names if n in kwargs})

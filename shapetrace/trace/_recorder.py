@@ -72,7 +72,7 @@ class Recorder(TorchFunctionMode):
         super().__init__()
         self.state = state
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = op_name(func)
@@ -105,7 +105,7 @@ class Recorder(TorchFunctionMode):
         else:
             self._propagate(name, args, out, seen, roles)
 
-    def _propagate(self, name, args, out, seen, roles) -> None:  # type: ignore[no-untyped-def]
+    def _propagate(self, name, args, out, seen, roles) -> None:
         if len(roles) != 1:
             return
         label = seen[0][1]
@@ -131,7 +131,7 @@ class Recorder(TorchFunctionMode):
             self.state.labels.put(item, new)
 
     # -- the stages ----------------------------------------------------------------------
-    def _scores(self, name, args, kwargs, out, seen) -> None:  # type: ignore[no-untyped-def]
+    def _scores(self, name, args, kwargs, out, seen) -> None:
         state = self.state
         q, q_label = next((t, lab) for t, lab in seen if lab.role == "q")
         k, k_label = next((t, lab) for t, lab in seen if lab.role in ("k", "kT"))
@@ -147,7 +147,7 @@ class Recorder(TorchFunctionMode):
         state.pending_scores = (tuple(out.shape), name)
         state.labels.put(out, Label("qk", (name,)))
 
-    def _softmax(self, args, kwargs, out) -> None:  # type: ignore[no-untyped-def]
+    def _softmax(self, args, kwargs, out) -> None:
         state = self.state
         scores = args[0]
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
@@ -165,13 +165,13 @@ class Recorder(TorchFunctionMode):
         if probes and axis == ndim - 1:
             state.fire(probes, scale=state.scale, probs=out)
 
-    def _attended(self, name, out, seen) -> None:  # type: ignore[no-untyped-def]
+    def _attended(self, name, out, seen) -> None:
         v, v_label = next((t, lab) for t, lab in seen if lab.role == "v")
         self.state.add_heads("value_heads", v, _chain(v_label, "to_v"))
         self.state.add_heads("attended", out, name)
         self.state.labels.put(out, Label("pv", (name,)))
 
-    def _sdpa(self, args, kwargs, out, seen) -> None:  # type: ignore[no-untyped-def]
+    def _sdpa(self, args, kwargs, out, seen) -> None:
         state = self.state
         names = ("query", "key", "value", "attn_mask")
         given = dict(zip(names, args))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -121,10 +122,8 @@ class Tracer:
         try:
             while self._recorders:
                 recorder = self._recorders.pop()
-                try:
+                with contextlib.suppress(Exception):  # a foreign mode on top of ours
                     recorder.__exit__(None, None, None)
-                except Exception:  # pragma: no cover - a foreign mode on top of ours
-                    pass
         finally:
             for handle in self._handles:
                 handle.remove()
@@ -151,9 +150,7 @@ class Tracer:
                 self._geometry.pop()
 
         self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-        self._handles.append(
-            module.register_forward_hook(post, with_kwargs=True, always_call=True)
-        )
+        self._handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
 
     def _hook_layer(self, info: LayerInfo) -> None:
         def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -175,9 +172,9 @@ class Tracer:
                 validate_call(info, x, _context(args, kwargs))
                 state.add("input", tuple(x.shape), op="layer input")
                 state.attach_geometry(tuple(x.shape))
-                if self.monitors and x.device.type != "meta" and x.is_floating_point():
-                    if not bool(torch.isfinite(x).all()):
-                        state.checks.append(Check("finite_input", False, "input has NaN or inf"))
+                has_values = x.device.type != "meta" and x.is_floating_point()
+                if self.monitors and has_values and not bool(torch.isfinite(x).all()):
+                    state.checks.append(Check("finite_input", False, "input has NaN or inf"))
             self._calls.append(state)
             if info.family != "mha":
                 recorder = Recorder(state)
@@ -224,7 +221,8 @@ class Tracer:
             if state is not None and args and isinstance(args[0], torch.Tensor):
                 state.q_in = args[0]
                 if "input" in state.stages and len(state.stages["input"].shape) == 4:
-                    state.add("tokens", tuple(args[0].shape), op="flatten (B, C, H, W) → (B, HW, C)")
+                    flatten = "flatten (B, C, H, W) → (B, HW, C)"
+                    state.add("tokens", tuple(args[0].shape), op=flatten)
 
         def k_pre(_m: nn.Module, args: tuple[Any, ...]) -> None:
             state = self._top(info)
