@@ -1,0 +1,256 @@
+"""``build_model``: a preset (``sd15``, ``tiny``, ``reference``) or a local diffusers UNet
+folder, on ``meta`` (shapes only, no memory), with seeded random weights, or with the folder's
+safetensors weights. Nothing is downloaded and nothing is unpickled."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import torch
+from torch import nn
+
+from shapetrace.errors import ModelLoadError
+from shapetrace.models._checkpoint import check_weights
+from shapetrace.models.built import BuiltModel
+from shapetrace.models.presets import PRESETS, Preset, get_preset, read_config
+from shapetrace.reference.model import ReferenceModel
+
+__all__ = ["build_model", "load_unet_folder"]
+
+Weights = Literal["meta", "random", "local"]
+_WEIGHTS: tuple[str, ...] = ("meta", "random", "local")
+_WEIGHTS_NAME = "diffusion_pytorch_model"
+
+
+def build_model(
+    name_or_path: str | Path,
+    *,
+    weights: Weights | None = None,
+    device: str | torch.device = "meta",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> BuiltModel:
+    """Build a preset or a local UNet folder, in eval mode, ready for :meth:`BuiltModel.inputs`.
+
+    ``weights`` defaults to ``"meta"`` on the meta device, otherwise ``"random"`` for presets
+    (seeded with ``seed``; the global RNG is left as it was) and ``"local"`` for folders.
+
+    Example::
+
+        >>> model = build_model("sd15")                     # 859,520,964 params, on meta
+        >>> model.num_parameters(), model.context_dim
+        (859520964, 768)
+        >>> tiny = build_model("tiny", device="cpu", seed=1)  # random weights, ~3M params
+    """
+    dev = _device(device)
+    path = _as_path(name_or_path)
+    if path is None:
+        preset = get_preset(str(name_or_path))
+        mode = _weights_mode(weights, dev, default="random", where=f"preset {preset.name!r}")
+        if mode == "local":
+            raise ModelLoadError(
+                f"weights='local' needs a folder, but {preset.name!r} is a preset; pass the "
+                "folder's path, or weights='random' / 'meta'"
+            )
+        return _build_preset(preset, mode, dev, dtype, seed)
+    mode = _weights_mode(weights, dev, default="local", where=str(path))
+    return load_unet_folder(path, weights=mode, device=dev, dtype=dtype, seed=seed)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    """The torch.device, checking that CUDA is there when asked for."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"unknown device {device!r}; use 'meta', 'cpu' or 'cuda'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"device {device!r} asked for, but torch.cuda.is_available() is False here; "
+            "use device='cpu', or 'meta' for shapes only"
+        )
+    return dev
+
+
+def _as_path(name_or_path: str | Path) -> Path | None:
+    """The path meant, or None when the name is a preset (a preset wins over a same-named dir)."""
+    if isinstance(name_or_path, Path):
+        return name_or_path.expanduser()
+    if name_or_path in PRESETS:
+        return None
+    looks_like_path = any(c in name_or_path for c in "/\\") or name_or_path.startswith(("~", "."))
+    if looks_like_path or Path(name_or_path).exists():
+        return Path(name_or_path).expanduser()
+    return None
+
+
+def _weights_mode(
+    weights: str | None, dev: torch.device, *, default: Weights, where: str
+) -> Weights:
+    """Resolve weights=None and refuse combinations that cannot work."""
+    if weights is not None and weights not in _WEIGHTS:
+        raise ModelLoadError(f"weights={weights!r} for {where}; use one of {_WEIGHTS} or None")
+    mode: Weights = (
+        cast(Weights, weights) if weights else ("meta" if dev.type == "meta" else default)
+    )
+    if mode == "meta" and dev.type != "meta":
+        raise ModelLoadError(
+            f"weights='meta' for {where} needs device='meta', got device='{dev}'; "
+            "use weights='random' for values on a real device"
+        )
+    if mode != "meta" and dev.type == "meta":
+        raise ModelLoadError(
+            f"weights={mode!r} for {where} on device='meta': meta tensors hold no values; "
+            "use device='cpu' (or 'cuda'), or weights='meta' for shapes only"
+        )
+    return mode
+
+
+def _instantiate(
+    factory: Callable[[], nn.Module], mode: str, dev: torch.device, dtype: torch.dtype, seed: int
+) -> nn.Module:
+    """Build on meta, or seeded on CPU then moved, so a seed gives the same weights anywhere."""
+    if mode == "meta":
+        with torch.device("meta"):
+            module = factory()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = factory()
+    # nn.Module.to, not ModelMixin.to: diffusers 0.42 warns on every dtype cast, even when
+    # no module needs to stay in float32. Nothing else in its override applies here.
+    return nn.Module.to(module, device=dev, dtype=dtype).eval()
+
+
+def _unet_class() -> Any:
+    """diffusers' UNet2DConditionModel, imported on first use (diffusers is slow to import)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel
+
+
+def _unet_built(module: nn.Module, name: str, mode: str, **extra: Any) -> BuiltModel:
+    """Wrap a UNet2DConditionModel, reading its context width and channels from its config."""
+    config = dict(module.config)  # type: ignore[arg-type]
+    cross = config["cross_attention_dim"]
+    return BuiltModel(
+        module=module,
+        name=name,
+        family="unet",
+        context_dim=int(cross[0] if isinstance(cross, (list, tuple)) else cross),
+        latent_channels=int(config["in_channels"]),
+        config=config,
+        weights=mode,
+        **extra,
+    )
+
+
+def _build_preset(
+    preset: Preset, mode: str, dev: torch.device, dtype: torch.dtype, seed: int
+) -> BuiltModel:
+    """A preset on meta or with seeded random weights."""
+    if preset.family == "reference":
+        kwargs = dict(preset.reference)
+        module = _instantiate(lambda: ReferenceModel(**kwargs), mode, dev, dtype, seed)
+        return BuiltModel(
+            module=module,
+            name=preset.name,
+            family="reference",
+            context_dim=int(kwargs.get("context_dim", 768)),
+            latent_channels=int(kwargs.get("channels", 320)),
+            config=kwargs,
+            weights=mode,
+            vocab_size=int(kwargs.get("vocab_size", 49408)),
+            description=preset.description,
+        )
+    assert preset.unet is not None  # checked when presets.json was read
+    config = read_config(preset.unet)
+    unet = _instantiate(lambda: _unet_class().from_config(config), mode, dev, dtype, seed)
+    return _unet_built(unet, preset.name, mode, description=preset.description)
+
+
+def load_unet_folder(
+    path: str | Path,
+    *,
+    weights: Weights = "local",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> BuiltModel:
+    """A diffusers UNet folder (``config.json`` + ``diffusion_pytorch_model.safetensors``),
+    or a pipeline folder holding one in ``unet/``, checked before anything is loaded.
+
+    ``weights="local"`` reads the safetensors (never pickles); ``"meta"`` and ``"random"``
+    build from ``config.json`` alone. Every problem is a ModelLoadError naming file and fix.
+
+    Example::
+
+        >>> unet.save_pretrained("tiny_unet", safe_serialization=True)
+        >>> load_unet_folder("tiny_unet").module.dtype
+        torch.float32
+    """
+    dev = _device(device)
+    folder = _unet_folder(Path(path).expanduser())
+    config = _read_unet_config(folder)
+    name = folder.name if folder.name != "unet" else folder.parent.name
+    if weights != "local":
+        unet = _instantiate(lambda: _unet_class().from_config(config), weights, dev, dtype, seed)
+        return _unet_built(unet, name, weights, source=folder)
+    variant = check_weights(folder, config)
+    try:
+        unet = _unet_class().from_pretrained(
+            folder, use_safetensors=True, local_files_only=True, torch_dtype=dtype, variant=variant
+        )
+    except Exception as err:  # diffusers raises OSError, ValueError, RuntimeError, ...
+        raise ModelLoadError(
+            f"diffusers could not load the UNet in {folder}: {type(err).__name__}: {err}; "
+            "check that config.json matches the weights, or re-save the folder with "
+            "save_pretrained(folder, safe_serialization=True)"
+        ) from err
+    return _unet_built(unet.to(dev).eval(), name, "local", source=folder)
+
+
+def _unet_folder(path: Path) -> Path:
+    """The folder that holds the UNet's config.json (path itself or path/unet)."""
+    if not path.exists():
+        raise ModelLoadError(
+            f"no folder at {path}; pass a local diffusers UNet folder (config.json + "
+            f"{_WEIGHTS_NAME}.safetensors) or a preset: {', '.join(PRESETS)}. shapetrace does "
+            "not download from the Hugging Face Hub: fetch the model elsewhere first"
+        )
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"{path} is a file; pass the folder that holds config.json and "
+            f"{_WEIGHTS_NAME}.safetensors (for a pipeline, the folder with unet/ inside)"
+        )
+    if not (path / "config.json").is_file() and (path / "unet" / "config.json").is_file():
+        return path / "unet"
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"no config.json in {path}; a diffusers UNet folder holds config.json and "
+            f"{_WEIGHTS_NAME}.safetensors (a pipeline folder holds them in unet/). "
+            "Write one with unet.save_pretrained(folder, safe_serialization=True)"
+        )
+    return path
+
+
+def _read_unet_config(folder: Path) -> dict[str, Any]:
+    """Parse config.json and check it describes a UNet2DConditionModel."""
+    file = folder / "config.json"
+    try:
+        config: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(
+            f"{file} is not valid JSON ({err}); restore it from the model's source"
+        ) from err
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{file} holds a {type(config).__name__}, not a JSON object")
+    cls = config.get("_class_name", "UNet2DConditionModel")
+    if cls != "UNet2DConditionModel":
+        raise ModelLoadError(
+            f"{file} describes a {cls}, not a UNet2DConditionModel; pass the pipeline folder "
+            "or its unet/ folder"
+        )
+    return config

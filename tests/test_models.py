@@ -1,0 +1,367 @@
+"""Model presets and local folders: SD 1.5's facts on meta, the tiny UNet on CPU, seeded
+inputs, and a clear ModelLoadError or InputShapeError for everything that cannot work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+from safetensors.torch import load_file, save_file
+
+from shapetrace.errors import InputShapeError, ModelLoadError
+from shapetrace.models import (
+    PRESETS,
+    BuiltModel,
+    build_model,
+    load_unet_folder,
+    read_config,
+    scheduler_config,
+    text_encoder_config,
+    unet_config,
+)
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def _attention_names(model: BuiltModel) -> list[str]:
+    return [n for n, m in model.module.named_modules() if isinstance(m, Attention)]
+
+
+def _state(model: BuiltModel) -> dict[str, torch.Tensor]:
+    return model.module.state_dict()
+
+
+def _same_weights(a: BuiltModel, b: BuiltModel) -> bool:
+    sa, sb = _state(a), _state(b)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny UNet saved the way diffusers saves one, with seeded random weights."""
+    folder = tmp_path_factory.mktemp("checkpoints") / "tiny_unet"
+    unet = build_model("tiny", device="cpu", seed=7).module
+    assert isinstance(unet, UNet2DConditionModel)
+    unet.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture
+def copy_of(tiny_folder: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny checkpoint that a test may break."""
+    return Path(shutil.copytree(tiny_folder, tmp_path / "unet"))
+
+
+def test_presets_are_sd15_tiny_and_reference_read_from_packaged_json() -> None:
+    assert {"sd15", "tiny", "reference"} <= set(PRESETS)
+    assert PRESETS["sd15"].unet == "sd15_unet.json"
+    assert PRESETS["reference"].family == "reference"
+    assert all(p.description for p in PRESETS.values())
+
+
+def test_sd15_on_meta_has_859_520_964_parameters_and_no_storage() -> None:
+    model = build_model("sd15")
+    assert model.num_parameters() == 859_520_964
+    assert model.device.type == "meta"
+    assert (model.weights, model.family, model.context_dim, model.latent_channels) == (
+        "meta",
+        "unet",
+        768,
+        4,
+    )
+    assert not model.module.training
+
+
+def test_sd15_has_16_self_and_16_cross_attention_layers_where_design_says() -> None:
+    names = _attention_names(build_model("sd15"))
+    assert len(names) == 32
+    assert sum(n.endswith("attn1") for n in names) == 16
+    cross = [n.split(".attentions.")[0] for n in names if n.endswith("attn2")]
+    counts = {place: cross.count(place) for place in dict.fromkeys(cross)}
+    assert counts == {
+        "down_blocks.0": 2,
+        "down_blocks.1": 2,
+        "down_blocks.2": 2,
+        "mid_block": 1,
+        "up_blocks.1": 3,
+        "up_blocks.2": 3,
+        "up_blocks.3": 3,
+    }
+    module = build_model("sd15").module
+    assert all(module.get_submodule(n).heads == 8 for n in names)
+
+
+def test_sd15_forward_on_meta_gives_the_latent_shape_for_non_square_cfg_batches() -> None:
+    model = build_model("sd15")
+    args, kwargs = model.inputs(512, 768, batch=2)
+    assert args[0].shape == (2, 4, 64, 96)
+    assert args[1].shape == (2,) and args[1].dtype == torch.long
+    assert kwargs["encoder_hidden_states"].shape == (2, 77, 768)
+    assert model.run(512, 768, batch=2).shape == (2, 4, 64, 96)
+
+
+def test_tiny_has_exactly_sd15s_attention_layer_names() -> None:
+    assert _attention_names(build_model("tiny")) == _attention_names(build_model("sd15"))
+    assert build_model("tiny").context_dim == 64
+
+
+def test_tiny_runs_on_cpu_at_64_by_64_with_finite_output() -> None:
+    model = build_model("tiny", device="cpu")
+    assert model.weights == "random"
+    out = model.run(64, 64, batch=2)
+    assert out.shape == (2, 4, 8, 8)
+    assert torch.isfinite(out).all()
+
+
+def test_tiny_random_weights_depend_only_on_the_seed() -> None:
+    a, b = build_model("tiny", device="cpu", seed=3), build_model("tiny", device="cpu", seed=3)
+    assert _same_weights(a, b)
+    assert not _same_weights(a, build_model("tiny", device="cpu", seed=4))
+
+
+def test_building_with_a_seed_leaves_the_global_rng_as_it_was() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_model("tiny", device="cpu", seed=9)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_inputs_are_seeded_and_follow_the_models_dtype() -> None:
+    model = build_model("tiny", device="cpu", dtype=torch.float64)
+    (sample, t), kwargs = model.inputs(64, 128, seed=5)
+    (again, t2), kwargs2 = model.inputs(64, 128, seed=5)
+    assert sample.dtype == torch.float64 and sample.shape == (1, 4, 8, 16)
+    assert torch.equal(sample, again) and torch.equal(t, t2)
+    assert torch.equal(kwargs["encoder_hidden_states"], kwargs2["encoder_hidden_states"])
+    assert not torch.equal(sample, model.inputs(64, 128, seed=6)[0][0])
+
+
+def test_reference_preset_at_256_gives_seed_002s_feature_map() -> None:
+    model = build_model("reference")
+    (x, t, tokens), kwargs = model.inputs(256, 256)
+    assert (x.shape, t.shape, tokens.shape, tokens.dtype) == (
+        (1, 320, 32, 32),
+        (1,),
+        (1, 77),
+        torch.long,
+    )
+    assert kwargs == {}
+    assert model.run(256, 256).shape == (1, 320, 32, 32)
+    assert (model.family, model.context_dim, model.latent_channels) == ("reference", 768, 320)
+
+
+def test_reference_preset_runs_with_random_weights_on_cpu() -> None:
+    model = build_model("reference", device="cpu")
+    out = model.run(64, 96)
+    assert out.shape == (1, 320, 8, 12)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "batch", "match"),
+    [
+        (500, 512, 1, r"height 500 is not divisible by 8; SD latents are height/8 — use 496 or"),
+        (512, 770, 1, r"width 770 is not divisible by 8.*use 768 or 776"),
+        (4, 512, 1, r"height 4 is not divisible by 8.*use 8$"),
+        (0, 512, 1, r"height 0 must be positive"),
+        (512, -8, 1, r"width -8 must be positive"),
+        (512.0, 512, 1, r"height must be a whole number, got 512.0 \(float\)"),
+        (512, 512, 0, r"batch 0 must be >= 1"),
+        (512, 512, True, r"batch must be a whole number, got True"),
+    ],
+)
+def test_sizes_that_cannot_work_raise_input_shape_error_with_the_fix(
+    height: Any, width: Any, batch: Any, match: str
+) -> None:
+    model = build_model("sd15")
+    with pytest.raises(InputShapeError, match=match):
+        model.inputs(height, width, batch)
+
+
+def test_latent_size_checks_the_image_size_first() -> None:
+    assert build_model("sd15").latent_size(512, 768) == (64, 96)
+    with pytest.raises(InputShapeError, match=r"width 100 is not divisible by 8"):
+        build_model("sd15").latent_size(512, 100)
+
+
+def test_text_encoder_configs_match_their_unets_context_width() -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    for name in ("sd15", "tiny"):
+        config = text_encoder_config(name)
+        assert config["hidden_size"] == unet_config(name)["cross_attention_dim"]
+        assert config["max_position_embeddings"] == 77
+    with torch.device("meta"):
+        clip = CLIPTextModel(CLIPTextConfig(**text_encoder_config("sd15")))
+    assert sum(p.numel() for p in clip.parameters()) == 123_060_480
+
+
+def test_scheduler_config_is_sd15s_for_every_preset() -> None:
+    expected = read_config("sd15_scheduler.json")
+    assert all(scheduler_config(name) == expected for name in PRESETS)
+    config = unet_config("sd15")
+    config["cross_attention_dim"] = 1
+    assert unet_config("sd15")["cross_attention_dim"] == 768
+
+
+def test_reference_has_no_separate_text_encoder_config() -> None:
+    with pytest.raises(ModelLoadError, match=r"preset 'reference' .* no separate text_encoder"):
+        text_encoder_config("reference")
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        ("sd21", {}, r"unknown model preset 'sd21'; choose one of .*sd15"),
+        ("runwayml/stable-diffusion-v1-5", {}, r"no folder at .*does not download"),
+        ("sd15", {"weights": "local", "device": "cpu"}, r"weights='local' needs a folder"),
+        ("sd15", {"weights": "meta", "device": "cpu"}, r"weights='meta' .* needs device='meta'"),
+        ("tiny", {"weights": "random"}, r"meta tensors hold no values"),
+        ("tiny", {"weights": "pretrained"}, r"weights='pretrained'"),
+        ("tiny", {"device": "tpu"}, r"unknown device 'tpu'"),
+    ],
+)
+def test_requests_that_cannot_be_built_raise_model_load_error(
+    name: str, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ModelLoadError, match=match):
+        build_model(name, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_without_a_gpu_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(ModelLoadError, match=r"torch.cuda.is_available\(\) is False"):
+        build_model("tiny", device="cuda")
+
+
+def test_local_folder_round_trips_bit_identically(tiny_folder: Path) -> None:
+    loaded = build_model(tiny_folder, device="cpu")
+    assert (loaded.weights, loaded.source, loaded.name) == ("local", tiny_folder, "tiny_unet")
+    assert _same_weights(loaded, build_model("tiny", device="cpu", seed=7))
+    assert loaded.run(64, 64).shape == (1, 4, 8, 8)
+
+
+def test_pipeline_folder_with_a_unet_subfolder_loads(tiny_folder: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_folder, tmp_path / "pipe" / "unet")
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    loaded = build_model(str(tmp_path / "pipe"), device="cpu")
+    assert (loaded.name, loaded.source) == ("pipe", tmp_path / "pipe" / "unet")
+
+
+def test_local_folder_on_meta_needs_only_config_json(copy_of: Path) -> None:
+    (copy_of / WEIGHTS).unlink()
+    model = build_model(copy_of)
+    assert (model.weights, model.device.type, model.context_dim) == ("meta", "meta", 64)
+    assert model.run(64, 64).shape == (1, 4, 8, 8)
+
+
+def test_sdxl_style_text_time_config_gets_added_cond_kwargs(tmp_path: Path) -> None:
+    config = unet_config("tiny") | {
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "block_out_channels": [32, 64],
+        "attention_head_dim": [2, 4],
+        "transformer_layers_per_block": [1, 2],
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 8,
+        "projection_class_embeddings_input_dim": 64 + 6 * 8,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = build_model(tmp_path)
+    _, kwargs = model.inputs(128, 64, batch=2)
+    added = kwargs["added_cond_kwargs"]
+    assert (added["text_embeds"].shape, added["time_ids"].shape) == ((2, 64), (2, 6))
+    assert model.run(128, 64, batch=2).shape == (2, 4, 16, 8)
+
+
+def _truncate(folder: Path) -> None:
+    data = (folder / WEIGHTS).read_bytes()
+    (folder / WEIGHTS).write_bytes(data[: len(data) // 2])
+
+
+def _drop_tensors(folder: Path) -> None:
+    tensors = load_file(folder / WEIGHTS)
+    save_file(dict(list(tensors.items())[:10]), folder / WEIGHTS)
+
+
+def _reshape_one(folder: Path) -> None:
+    tensors = load_file(folder / WEIGHTS)
+    key = "conv_in.weight"
+    tensors[key] = torch.zeros(tensors[key].shape[0] + 1, *tensors[key].shape[1:])
+    save_file(tensors, folder / WEIGHTS)
+
+
+def _bin_only(folder: Path) -> None:
+    (folder / WEIGHTS).unlink()
+    (folder / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
+
+
+def _shard_missing(folder: Path) -> None:
+    (folder / WEIGHTS).rename(folder / "diffusion_pytorch_model-00001-of-00002.safetensors")
+    weight_map = {
+        "conv_in.weight": "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "conv_in.bias": "diffusion_pytorch_model-00002-of-00002.safetensors",
+    }
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+
+
+BROKEN_FOLDERS = {
+    "no config.json": (lambda f: (f / "config.json").unlink(), r"no config.json in .*unet"),
+    "config is not json": (lambda f: (f / "config.json").write_text("{oops"), r"not valid JSON"),
+    "config of a vae": (
+        lambda f: (f / "config.json").write_text('{"_class_name": "AutoencoderKL"}'),
+        r"describes a AutoencoderKL, not a UNet2DConditionModel",
+    ),
+    "no weights at all": (lambda f: (f / WEIGHTS).unlink(), r"no weights in .*device='meta'"),
+    "bin only": (_bin_only, r"diffusion_pytorch_model.bin .* loads safetensors only"),
+    "other safetensors": (
+        lambda f: (f / WEIGHTS).rename(f / "model.safetensors"),
+        r"holds model.safetensors .*from_single_file",
+    ),
+    "truncated": (_truncate, r"diffusion_pytorch_model.safetensors is not a readable .*partial"),
+    "garbage": (
+        lambda f: (f / WEIGHTS).write_bytes(b"\x08" + b"\0" * 7 + b"{}"),
+        r"is not a readable safetensors file",
+    ),
+    "missing tensors": (_drop_tensors, r"is partial: \d+ of \d+ tensors .* are missing"),
+    "wrong shape": (_reshape_one, r"conv_in.weight has shape \(33, 4, 3, 3\) .* needs"),
+    "missing shard": (_shard_missing, r"names 2 shards but .*00002-of-00002.* missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_FOLDERS))
+def test_broken_local_folders_raise_model_load_error_naming_file_and_fix(
+    copy_of: Path, case: str
+) -> None:
+    breaks, match = BROKEN_FOLDERS[case]
+    breaks(copy_of)
+    with pytest.raises(ModelLoadError, match=match):
+        load_unet_folder(copy_of, device="cpu")
+
+
+def test_a_path_to_a_file_is_refused(tiny_folder: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"is a file; pass the folder"):
+        build_model(tiny_folder / WEIGHTS, device="cpu")
+
+
+def test_a_missing_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"no folder at .*nowhere"):
+        build_model(tmp_path / "nowhere", device="cpu")
+
+
+@pytest.mark.slow
+def test_sd15_with_random_weights_runs_on_cpu() -> None:
+    model = build_model("sd15", device="cpu", seed=0)
+    assert model.num_parameters() == 859_520_964
+    out = model.run(64, 64)
+    assert out.shape == (1, 4, 8, 8)
+    assert torch.isfinite(out).all()
