@@ -80,7 +80,7 @@ def trace(session: nox.Session) -> None:
 def regression(session: nox.Session) -> None:
     """Compare the golden journeys under reports/golden/; `-- --overwrite` rewrites them."""
     _install(session)
-    session.run("python", "-m", "shapetrace.golden", *session.posargs)
+    session.run("python", "-m", "shapetrace.regression", *session.posargs)
 
 
 @nox.session

@@ -1,0 +1,5 @@
+import sys
+
+from shapetrace.regression.runner import main
+
+sys.exit(main())
