@@ -241,6 +241,18 @@ def test_cuda_without_a_gpu_is_refused_with_a_clear_message() -> None:
         build_model("tiny", device="cuda")
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tiny_on_cuda_has_the_cpu_weights_inputs_and_output_for_a_seed() -> None:
+    gpu, cpu = build_model("tiny", device="cuda", seed=2), build_model("tiny", device="cpu", seed=2)
+    assert gpu.device.type == "cuda"
+    assert all(torch.equal(v.cpu(), _state(cpu)[k]) for k, v in _state(gpu).items())
+    (sample, _), _ = gpu.inputs(64, 96, batch=2, seed=1)
+    assert sample.device.type == "cuda"
+    assert torch.equal(sample.cpu(), cpu.inputs(64, 96, batch=2, seed=1)[0][0])
+    torch.testing.assert_close(gpu.run(64, 96, 2).cpu(), cpu.run(64, 96, 2), rtol=1e-3, atol=1e-3)
+
+
 def test_local_folder_round_trips_bit_identically(tiny_folder: Path) -> None:
     loaded = build_model(tiny_folder, device="cpu")
     assert (loaded.weights, loaded.source, loaded.name) == ("local", tiny_folder, "tiny_unet")

@@ -72,8 +72,10 @@ def test_cross_attention_float32_agrees_with_float64_reference() -> None:
 
 
 def test_cross_attention_refuses_a_query_dim_that_heads_cannot_split() -> None:
-    with pytest.raises(InputShapeError, match=r"query_dim 100 is not divisible by num_heads 8"):
+    with pytest.raises(InputShapeError, match=r"query_dim 100 is not divisible by num_heads 8.*96"):
         CrossAttention(query_dim=100, context_dim=768, num_heads=8)
+    with pytest.raises(InputShapeError, match=r"num_heads 0 must be >= 1"):
+        CrossAttention(query_dim=64, context_dim=768, num_heads=0)
 
 
 @pytest.mark.parametrize(

@@ -39,8 +39,12 @@ class CrossAttention(nn.Module):
 
     def __init__(self, query_dim: int, context_dim: int, num_heads: int = 8) -> None:
         super().__init__()
-        if num_heads < 1 or query_dim % num_heads != 0:
-            lower = query_dim - query_dim % max(num_heads, 1)
+        if num_heads < 1:
+            raise InputShapeError(
+                f"CrossAttention: num_heads {num_heads} must be >= 1; SD 1.5 uses 8"
+            )
+        if query_dim % num_heads != 0:
+            lower = query_dim - query_dim % num_heads
             raise InputShapeError(
                 f"CrossAttention: query_dim {query_dim} is not divisible by num_heads "
                 f"{num_heads}, so heads cannot split it evenly; use a query_dim that is a "
