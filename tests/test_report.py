@@ -307,7 +307,7 @@ def test_explainer_handles_layers_without_a_grid() -> None:
         "320",
         "8×40",
         "—",
-        "text_encoder.layers.0.self_attn (1)",
+        "text_encoder.layers (1)",
     ]
     assert "show —" in text
     assert re.search(r"latent\s+—", text)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from shapetrace.journey import LayerRecord, Stage
-from shapetrace.report._format import DASH, TIMES, fmt_grid, fmt_shape, symbolic
+from shapetrace.report._format import DASH, TIMES, fmt_grid, fmt_shape, heads_text, symbolic
 
 __all__ = ["Dims", "StageRow", "legend", "stage_rows"]
 
@@ -42,9 +42,11 @@ class Dims:
             shape = layer.shape(stage)
             return int(shape[i]) if -len(shape) <= i < len(shape) else None
 
-        c_in = axis("input", -1)
-        if layer.has("input") and len(layer.shape("input")) == 4:
-            c_in = axis("input", 1)
+        def width(stage: str) -> int | None:
+            four_d = layer.has(stage) and len(layer.shape(stage)) == 4
+            return axis(stage, 1) if four_d else axis(stage, -1)
+
+        c_in = width("input")
         batch = axis("query", 0) or axis("input", 0)
         cross = layer.kind == "cross"
         return cls(
@@ -54,7 +56,7 @@ class Dims:
             C=axis("query", -1) or layer.heads * layer.head_dim,
             C_in=c_in,
             D=(axis("context", -1) if cross else c_in) or c_in,
-            C_out=axis("output", -1),
+            C_out=width("output"),
             H=layer.heads,
             d=layer.head_dim,
             grid=layer.resolution,
@@ -73,7 +75,7 @@ class StageRow:
     op: str
     derived: bool
     raw_shape: str  # "(8, 1024, 77)" when the code's own shape differed, else ""
-    raw_layout: str  # "(B*H, N, M)": the code's own layout, when the tracer recorded it
+    raw_layout: str  # "(B*H, N, M)": the code's own layout, shown with raw_shape
     explanation: str
 
 
@@ -98,9 +100,9 @@ def _explain(stage: Stage, layer: LayerRecord, x: Dims, has_map: bool) -> str:
     grid = fmt_grid(x.grid)
     name, ndim = stage.name, len(stage.shape)
     if name == "feature_map" or (name == "input" and ndim == 4):
-        where = "as the layer got it" if name == "input" else "from the UNet's convolutions"
+        where = "as the layer got it" if name == "input" else "from the convolutions before it"
         return f"image side: a feature map {where}, {_n(x.C_in)} channels on a {grid} grid"
-    if name == "input":
+    if name == "input" or name == "tokens":
         if has_map and x.grid is not None:
             h, w = x.grid
             return f"flattened to a sequence: {h}{TIMES}{w} = {h * w} {image}s of {_n(x.C_in)}"
@@ -122,7 +124,7 @@ def _explain(stage: Stage, layer: LayerRecord, x: Dims, has_map: bool) -> str:
         return f"{letter} from {source}: {another}W_{letter} {_n(x.D)}{TIMES}{_n(x.C)}"
     if name in ("query_heads", "key_heads", "value_heads"):
         letter = name[0].upper()
-        return f"{letter}: split {_n(x.C)} into {x.H} heads of {x.d}"
+        return f"{letter}: split {_n(x.C)} into {heads_text(x.H, x.d)}"
     if name == "scores":
         kt = fmt_shape((x.B or 0, x.H, x.d, x.M or 0)) if x.B and x.M else "(B, H, d, M)"
         return (
@@ -137,10 +139,13 @@ def _explain(stage: Stage, layer: LayerRecord, x: Dims, has_map: bool) -> str:
     if name == "attended":
         return f"probs · V: each {image} a weighted sum of the {_n(x.M)} value vectors"
     if name == "merged":
+        if x.H == 1:
+            return f"one head: nothing to merge, back to (B, N, {_n(x.C)})"
         return f"merge the {x.H} heads back: {x.H}{TIMES}{x.d} = {_n(x.C)}"
     if name == "output":
         what = "image features now carrying text information" if x.cross else "layer output"
-        return f"W_O {_n(x.C)}{TIMES}{_n(x.C_out)} (to_out): {what}"
+        back = ", reshaped back to the feature map" if ndim == 4 else ""
+        return f"W_O {_n(x.C)}{TIMES}{_n(x.C_out)} (to_out){back}: {what}"
     return ""
 
 
@@ -153,9 +158,9 @@ def stage_rows(layer: LayerRecord) -> list[StageRow]:
         text = _explain(stage, layer, x, has_map)
         if stage.note:
             text = f"{text}; {stage.note}" if text else stage.note
-        raw = ""
+        raw = layout = ""
         if stage.raw_shape is not None and tuple(stage.raw_shape) != tuple(stage.shape):
-            raw = fmt_shape(stage.raw_shape)
+            raw, layout = fmt_shape(stage.raw_shape), stage.layout
         rows.append(
             StageRow(
                 step=step,
@@ -165,7 +170,7 @@ def stage_rows(layer: LayerRecord) -> list[StageRow]:
                 op=stage.op or DASH,
                 derived=stage.derived,
                 raw_shape=raw,
-                raw_layout=stage.layout,
+                raw_layout=layout,
                 explanation=text,
             )
         )

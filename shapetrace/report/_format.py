@@ -22,6 +22,7 @@ __all__ = [
     "channels",
     "fmt_grid",
     "fmt_shape",
+    "heads_text",
     "maybe_shape",
     "short_name",
     "short_names",
@@ -37,6 +38,7 @@ TIMES = "×"
 _SYMBOLIC: dict[str, str] = {
     "feature_map": "(B, C, h, w)",
     "input": "(B, N, C)",
+    "tokens": "(B, N, C)",
     "context": "(B, M, D)",
     "query": "(B, N, C)",
     "key": "(B, M, C)",
@@ -74,6 +76,8 @@ def maybe_shape(layer: LayerRecord, name: str) -> str:
 def symbolic(name: str, ndim: int) -> str:
     """The symbolic layout of a stage, e.g. ``(B, H, N, d)``; a dash for unknown stages or
     when the recorded rank does not match the contract's."""
+    if name in ("input", "output") and ndim == 4:
+        return _SYMBOLIC["feature_map"]
     sym = _SYMBOLIC.get(name)
     if sym is None or sym.count(",") + 1 != ndim:
         return DASH
@@ -115,10 +119,19 @@ def short_names(names: Iterable[str]) -> dict[str, str]:
 def block_of(name: str) -> str:
     """The block a layer sits in: ``down_blocks.0`` for ``down_blocks.0.attentions.1...``.
 
-    Names without an ``attentions`` container are their own block.
+    Elsewhere, the path up to the first numbered part (``text_encoder.layers`` for
+    ``text_encoder.layers.3.self_attn``); names without one are their own block.
     """
     head, sep, _ = name.partition(".attentions.")
-    return head if sep else name
+    if sep:
+        return head
+    numbered = re.match(r"^(.+?)\.\d+(\.|$)", name)
+    return numbered.group(1) if numbered else name
+
+
+def heads_text(heads: int, head_dim: int) -> str:
+    """``8 heads of 40``, ``1 head of 768``."""
+    return f"{heads} head{'s' if heads != 1 else ''} of {head_dim}"
 
 
 def width_of(stage: Stage) -> int:

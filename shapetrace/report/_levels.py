@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shapetrace.journey import Journey, LayerRecord
-from shapetrace.report._format import DASH, TIMES, block_of, channels, fmt_grid
+from shapetrace.report._format import DASH, TIMES, block_of, channels, fmt_grid, heads_text
 from shapetrace.report._summary import latent_grid
 
 __all__ = ["Level", "levels", "resolution_lines", "seed_sentence"]
@@ -62,7 +62,7 @@ def levels(journey: Journey) -> list[Level]:
         seen.add(layer.name)
         tokens = _tokens(layer)
         grid = layer.resolution
-        key = (grid, tokens if grid is None else None, channels(layer))
+        key = (grid, tokens if grid is None else None, channels(layer), layer.heads, layer.head_dim)
         level = found.get(key)
         if level is None:
             level = Level(None, grid, tokens, channels(layer), layer.heads, layer.head_dim)
@@ -72,7 +72,7 @@ def levels(journey: Journey) -> list[Level]:
         per_kind[block] = per_kind.get(block, 0) + 1
     gridded = sorted(
         (lv for lv in found.values() if lv.grid is not None),
-        key=lambda lv: (-(lv.grid[0] * lv.grid[1]) if lv.grid else 0, lv.channels),
+        key=lambda lv: (-(lv.grid[0] * lv.grid[1]) if lv.grid else 0, lv.channels, -lv.heads),
     )
     ranks = {g: i for i, g in enumerate(dict.fromkeys(lv.grid for lv in gridded))}
     for lv in gridded:
@@ -107,7 +107,7 @@ def seed_sentence(journey: Journey, found: list[Level] | None = None) -> str:
     lv = at_320[0]
     assert lv.grid is not None
     gh, gw = lv.grid
-    heads = f"{lv.heads} heads of {lv.head_dim}"
+    heads = heads_text(lv.heads, lv.head_dim)
     if lv.grid == SEED_GRID:
         return (
             f"Seed 002's numbers hold at this size: the {SEED_CHANNELS}-channel level is "

@@ -19,10 +19,11 @@ from rich.table import Table
 from rich.text import Text
 
 from shapetrace.journey import Journey, LayerRecord
+from shapetrace.report._console_summary import LayerSummary
 from shapetrace.report._explain import legend, stage_rows
-from shapetrace.report._format import DASH, fmt_grid
+from shapetrace.report._format import DASH, fmt_grid, heads_text
 from shapetrace.report._levels import levels, resolution_lines
-from shapetrace.report._summary import header_facts, summary_rows
+from shapetrace.report._summary import header_facts
 
 __all__ = [
     "JourneyHeader",
@@ -37,6 +38,8 @@ OK_MARK = "✓"
 #: Consoles at least this wide get the explanations inside the journey table; narrower ones
 #: get them as lines under it.
 WIDE = 150
+#: Long op descriptions wrap at this width.
+OP_WIDTH = 32
 BAD_MARK = "✗"
 
 
@@ -53,82 +56,6 @@ class JourneyHeader:
         for label, value in header_facts(self.journey):
             grid.add_row(label, Text(value))
         yield Panel(grid, title="shapetrace", title_align="left", expand=False)
-
-
-class LayerSummary:
-    """One row per attention call: grid, tokens N, context M, width, heads, scores shape.
-
-    A check column appears when layers carry runtime checks; failed checks are listed under
-    the table.
-    """
-
-    def __init__(self, journey: Journey, layers: Sequence[LayerRecord] | None = None) -> None:
-        self.journey = journey
-        self.layers = list(journey.layers if layers is None else layers)
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        rows = summary_rows(self.journey, self.layers)
-        checked = any(layer.checks for layer in self.layers)
-        mixed = len({row.processor for row in rows}) > 1
-        table = Table(
-            title="Attention layers",
-            title_justify="left",
-            title_style="bold",
-            box=box.SIMPLE_HEAD,
-        )
-        for header, right in _SUMMARY_COLUMNS:
-            table.add_column(header, justify="right" if right else "left", no_wrap=True)
-        if mixed:
-            table.add_column("processor")
-        if checked:
-            table.add_column("ok", justify="center")
-        for row in rows:
-            cells: list[Text | str] = [
-                str(row.index),
-                Text(row.name),
-                row.kind,
-                Text(row.place),
-                row.grid,
-                row.tokens,
-                row.context,
-                row.width,
-                row.heads,
-                row.scores,
-            ]
-            if mixed:
-                cells.append(Text(row.processor))
-            if checked:
-                cells.append(_mark(row.check))
-            table.add_row(*cells)
-        yield table
-        bad = [(layer, c) for layer in self.layers for c in layer.checks if not c.ok]
-        for layer, check in bad:
-            line = Text(f"{BAD_MARK} ", style="red")
-            line.append(layer.name, style="bold")
-            line.append(f": {check.name}")
-            if check.detail:
-                line.append(f": {check.detail}")
-            yield line
-
-
-_SUMMARY_COLUMNS = (
-    ("#", True),
-    ("layer", False),
-    ("kind", False),
-    ("place", False),
-    ("grid h×w", True),
-    ("N", True),
-    ("M", True),
-    ("C", True),
-    ("H×d", True),
-    ("scores", False),
-)
-
-
-def _mark(ok: bool | None) -> Text:
-    if ok is None:
-        return Text(DASH)
-    return Text(OK_MARK, style="green") if ok else Text(BAD_MARK, style="bold red")
 
 
 class ResolutionExplainer:
@@ -186,7 +113,7 @@ class StageJourney:
             f"{layer.kind}-attention",
             f"place {layer.place}",
             f"grid {fmt_grid(layer.resolution)}",
-            f"{layer.heads} heads of {layer.head_dim}",
+            heads_text(layer.heads, layer.head_dim),
             f"processor {layer.processor or DASH}",
         ]
         yield Text(" · ".join(facts), style="dim")
@@ -197,7 +124,7 @@ class StageJourney:
         table.add_column("stage", no_wrap=True)
         table.add_column("shape", no_wrap=True)
         table.add_column("layout", no_wrap=True)
-        table.add_column("op", overflow="fold")
+        table.add_column("op", overflow="fold", max_width=OP_WIDTH)
         if inline:
             table.add_column("what happens", ratio=1)
         for row in rows:
@@ -207,7 +134,8 @@ class StageJourney:
             if row.raw_layout:
                 layout.append(f"\n{row.raw_layout}", style="dim")
             if row.derived:
-                op = Text(f"{row.op}\nderived", style="dim italic")
+                said = "derived" in row.op
+                op = Text(row.op if said else f"{row.op}\nderived", style="dim italic")
                 shape.stylize("italic")
             cells: list[Text | str] = [str(row.step), row.name, shape, layout, op]
             if inline:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from shapetrace.journey import Journey, LayerRecord
 from shapetrace.report._explain import legend, stage_rows
-from shapetrace.report._format import DASH, fmt_grid
+from shapetrace.report._format import DASH, fmt_grid, heads_text
 from shapetrace.report._levels import levels, resolution_lines
 from shapetrace.report._summary import header_facts, summary_rows
 
@@ -108,7 +108,7 @@ def _journey(layer: LayerRecord) -> list[str]:
         f"{escape(layer.kind)}-attention",
         f"place {escape(layer.place)}",
         f"grid {fmt_grid(layer.resolution)}",
-        f"{layer.heads} heads of {layer.head_dim}",
+        heads_text(layer.heads, layer.head_dim),
         f"processor {escape(layer.processor or DASH)}",
     ]
     lines = [f"## Journey: {escape(layer.name)}{call}", "", " · ".join(facts), ""]
@@ -122,7 +122,7 @@ def _journey(layer: LayerRecord) -> list[str]:
             layout += f"<br>{_code(row.raw_layout)}"
         op = escape(row.op)
         if row.derived:
-            op = f"{op}<br>*derived*"
+            op = f"*{op}*" if "derived" in row.op else f"{op}<br>*derived*"
             shape = f"*{shape}*"
         body.append([str(row.step), escape(row.name), shape, layout, op, escape(row.explanation)])
     lines += _table(header, body, {0})
