@@ -7,7 +7,7 @@ import torch
 from shapetrace.errors import InputShapeError
 from shapetrace.trace._discover import LayerInfo
 
-__all__ = ["validate_call"]
+__all__ = ["validate_call", "validate_unet"]
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -78,3 +78,64 @@ def validate_call(info: LayerInfo, x: torch.Tensor, context: torch.Tensor | None
                 f"{where}: context {_shape(context)} is {context.dtype} but the weights are "
                 f"{weight.dtype}; cast it with .to({weight.dtype})."
             )
+
+
+def _unet_config(model: torch.nn.Module) -> tuple[int, int] | None:
+    """(in_channels, cross_attention_dim) of a diffusers-style conditional UNet, else None."""
+    config = getattr(model, "config", None)
+    conv_in = getattr(model, "conv_in", None)
+    if config is None or conv_in is None:
+        return None
+    try:
+        in_channels, cross = config["in_channels"], config["cross_attention_dim"]
+    except (KeyError, TypeError):
+        return None
+    return (in_channels, cross) if isinstance(cross, int) else None
+
+
+def validate_unet(
+    model: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    """The UNet's own inputs, checked before its first conv: latents and text embeddings."""
+    facts = _unet_config(model)
+    if facts is None:
+        return
+    in_channels, cross = facts
+    where = f"{type(model).__name__} (conv_in takes {in_channels} channels, context {cross})"
+    sample = args[0] if args else kwargs.get("sample")
+    context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+    if not isinstance(sample, torch.Tensor):
+        raise InputShapeError(f"{where} got no latent tensor; call unet(latents, t, context).")
+    if sample.dim() != 4:
+        raise InputShapeError(
+            f"{where} got latents {_shape(sample)} of rank {sample.dim()}; it takes "
+            f"(B, {in_channels}, H/8, W/8), e.g. (1, {in_channels}, 64, 64) for 512x512."
+        )
+    if sample.shape[0] == 0:
+        raise InputShapeError(f"{where} got an empty batch: latents {_shape(sample)}.")
+    if sample.shape[1] != in_channels:
+        raise InputShapeError(
+            f"{where} got latents {_shape(sample)} with {sample.shape[1]} channels; it takes "
+            f"{in_channels} (VAE latents), e.g. (1, {in_channels}, 64, 64)."
+        )
+    weight = getattr(model.conv_in, "weight")  # noqa: B009 - typed as Tensor | Module
+    if weight.device.type != "meta" and sample.device != weight.device:
+        raise InputShapeError(
+            f"{where}: latents are on {sample.device} but the weights are on {weight.device}; "
+            "move both to one device."
+        )
+    if sample.dtype != weight.dtype:
+        raise InputShapeError(
+            f"{where}: latents {_shape(sample)} are {sample.dtype} but the weights are "
+            f"{weight.dtype}; cast with .to({weight.dtype})."
+        )
+    if not isinstance(context, torch.Tensor):
+        raise InputShapeError(
+            f"{where} got no encoder_hidden_states; pass text embeddings (B, 77, {cross})."
+        )
+    if context.dim() != 3 or context.shape[-1] != cross or context.shape[0] != sample.shape[0]:
+        raise InputShapeError(
+            f"{where} got encoder_hidden_states {_shape(context)} for latents "
+            f"{_shape(sample)}; it takes ({sample.shape[0]}, M, {cross}) — the same batch as "
+            f"the latents and width {cross} (SD 1.5: CLIP ViT-L/14 gives (B, 77, 768))."
+        )

@@ -19,7 +19,7 @@ from shapetrace.trace._discover import LayerInfo, find_attention_layers, geometr
 from shapetrace.trace._labels import Label
 from shapetrace.trace._mha import mha_post, mha_pre
 from shapetrace.trace._recorder import Recorder
-from shapetrace.trace._validate import validate_call
+from shapetrace.trace._validate import validate_call, validate_unet
 
 __all__ = ["Tracer", "trace"]
 
@@ -95,6 +95,11 @@ class Tracer:
                 self._hook_layer(info)
             for ancestor in geometry_ancestors(self.module, self.layers):
                 self._hook_geometry(ancestor)
+            self._handles.append(
+                self.module.register_forward_pre_hook(
+                    lambda m, a, k: validate_unet(m, a, k), with_kwargs=True, prepend=True
+                )
+            )
         except BaseException:
             self._remove()
             raise
