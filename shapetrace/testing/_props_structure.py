@@ -1,0 +1,232 @@
+"""Properties about where numbers go: output shape, batch rows, heads, token order, masks.
+
+Each function checks one invariant on one :class:`AttentionSubject` and raises
+:class:`InvariantViolation` naming it; none needs a reference implementation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from shapetrace.testing._subject import AttentionSubject, violation
+from shapetrace.testing.implementations import projection
+from shapetrace.testing.strategies import random_key_mask
+from shapetrace.testing.tolerance import max_abs_diff
+
+__all__ = [
+    "check_batch_independence",
+    "check_head_independence",
+    "check_key_permutation_invariance",
+    "check_masking",
+    "check_output_shape",
+    "check_query_permutation_equivariance",
+]
+
+
+def _permutation(size: int, seed: int, device: str) -> Tensor:
+    """A seeded permutation of ``range(size)`` that is not the identity (for size > 1)."""
+    perm = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    if size > 1 and torch.equal(perm, torch.arange(size)):
+        perm = perm.roll(1)
+    return perm.to(device)
+
+
+def _within(actual: Tensor, expected: Tensor, atol: float) -> tuple[bool, float]:
+    """(max |actual - expected| <= atol and finite, that max)."""
+    diff = max_abs_diff(actual, expected)
+    return math.isfinite(diff) and diff <= atol, diff
+
+
+def check_output_shape(subject: AttentionSubject) -> None:
+    """forward(x, context) returns x's shape and dtype; the merged heads pass through to_out."""
+    s = subject.shapes
+    x, context = subject.inputs()
+    capture = subject.run(x, context)
+    expected = (s.batch, s.query_tokens, s.query_dim)
+    got = tuple(capture.output.shape)
+    call = f"forward(x {tuple(x.shape)}, context {tuple(context.shape)})"
+    if got != expected:
+        raise violation(
+            "output_shape",
+            subject,
+            f"{call} returned shape {got}, expected the query's shape {expected}",
+        )
+    if capture.output.dtype != x.dtype:
+        raise violation(
+            "output_shape", subject, f"{call} returned {capture.output.dtype} for {x.dtype} inputs"
+        )
+    merged_shape = (s.batch, s.query_tokens, subject.inner)
+    if capture.merged is None:
+        raise violation(
+            "output_shape",
+            subject,
+            f"{call} never called to_out: the merged heads {merged_shape} (B, N, inner) must "
+            "pass through the module's to_out projection",
+        )
+    if tuple(capture.merged.shape) != merged_shape:
+        raise violation(
+            "output_shape",
+            subject,
+            f"to_out received {tuple(capture.merged.shape)}, expected the merged heads "
+            f"(B, N, inner) = {merged_shape}",
+        )
+
+
+def check_batch_independence(subject: AttentionSubject) -> None:
+    """Each batch row run alone equals its slice of the batched run."""
+    x, context = subject.inputs(salt=1)
+    batched = subject.run(x, context).output
+    atol, _ = subject.tolerances(x, context)
+    for b in range(subject.shapes.batch):
+        alone = subject.run(x[b : b + 1], context[b : b + 1]).output
+        ok, diff = _within(alone, batched[b : b + 1], atol)
+        if not ok:
+            raise violation(
+                "batch_independence",
+                subject,
+                f"batch row {b} run alone differs from its slice of the batch-of-"
+                f"{subject.shapes.batch} run by {diff:.3g} (atol {atol:.2g}): rows of the batch "
+                "are mixed; a (B*H, N, d) layout must be batch-major (row b*H + h) on both the "
+                "split and the merge",
+            )
+
+
+def _perturbed_head(
+    subject: AttentionSubject, head: int
+) -> dict[str, tuple[Tensor, Tensor | None]]:
+    """New (weight, bias) for to_q, to_k and to_v with head ``head``'s rows perturbed."""
+    generator = torch.Generator().manual_seed(subject.shapes.seed + 17)
+    rows = slice(head * subject.head_dim, (head + 1) * subject.head_dim)
+    changes: dict[str, tuple[Tensor, Tensor | None]] = {}
+    for name in ("to_q", "to_k", "to_v"):
+        layer = projection(subject.module, name)
+        weight = layer.weight.detach().clone()
+        noise = torch.randn(
+            (subject.head_dim, layer.in_features), generator=generator, dtype=torch.float64
+        )
+        weight[rows] += (2.0 * noise / math.sqrt(layer.in_features)).to(weight)
+        bias = None if layer.bias is None else layer.bias.detach().clone()
+        if bias is not None:
+            bias[rows] += torch.randn(
+                subject.head_dim, generator=generator, dtype=torch.float64
+            ).to(bias)
+        changes[name] = (weight, bias)
+    return changes
+
+
+def check_head_independence(subject: AttentionSubject) -> None:
+    """Perturbing head h's rows of to_q/to_k/to_v changes only head h's attended channels."""
+    heads, d = subject.heads, subject.head_dim
+    if heads == 1:
+        return
+    x, context = subject.inputs(salt=2)
+    before = subject.run(x, context).merged
+    if before is None:
+        return
+    head = subject.shapes.seed % heads
+    with subject.patched(_perturbed_head(subject, head)):
+        after = subject.run(x, context).merged
+    assert after is not None
+    _, atol = subject.tolerances(x, context)
+    delta = (after.double() - before.double()).abs().nan_to_num(nan=math.inf).cpu()
+    b, n = delta.shape[:2]
+    delta = delta.reshape(b, n, heads, d)  # (B, N, H, d)
+    others = delta.clone()
+    others[:, :, head] = 0
+    worst = float(others.max())
+    if worst > atol:
+        hit = [h for h in range(heads) if float(others[:, :, h].max()) > atol]
+        raise violation(
+            "head_independence",
+            subject,
+            f"perturbing head {head}'s rows {head * d}..{(head + 1) * d - 1} of to_q, to_k and "
+            f"to_v changed the attended channels of head(s) {hit} by up to {worst:.3g} "
+            f"(atol {atol:.2g}): heads are split or merged across the wrong axis; split with "
+            "reshape(B, N, H, d).transpose(1, 2) and merge with its exact inverse",
+        )
+
+
+def check_query_permutation_equivariance(subject: AttentionSubject) -> None:
+    """Permuting the query tokens permutes the output the same way."""
+    n = subject.shapes.query_tokens
+    if n == 1:
+        return
+    x, context = subject.inputs(salt=3)
+    perm = _permutation(n, subject.shapes.seed + 3, subject.device)
+    out = subject.run(x, context).output
+    permuted = subject.run(x[:, perm], context).output
+    atol, _ = subject.tolerances(x, context)
+    ok, diff = _within(permuted, out[:, perm], atol)
+    if not ok:
+        raise violation(
+            "query_permutation_equivariance",
+            subject,
+            f"permuting the N={n} query tokens changed the output by {diff:.3g} beyond the same "
+            f"permutation (atol {atol:.2g}): query tokens leak into each other (a head merge "
+            "that mixes tokens, a causal mask, chunks reassembled out of order)",
+        )
+
+
+def check_key_permutation_invariance(subject: AttentionSubject) -> None:
+    """Permuting the context tokens (keys, values and mask together) changes nothing."""
+    m = subject.shapes.context_tokens
+    if m == 1:
+        return
+    x, context = subject.inputs(salt=4)
+    perm = _permutation(m, subject.shapes.seed + 4, subject.device)
+    mask = None
+    if subject.supports_mask:
+        mask = random_key_mask(
+            subject.shapes.batch, m, seed=subject.shapes.seed + 4, device=subject.device
+        )
+    out = subject.run(x, context, mask).output
+    permuted = subject.run(x, context[:, perm], None if mask is None else mask[:, perm]).output
+    atol, _ = subject.tolerances(x, context, mask)
+    ok, diff = _within(permuted, out, atol)
+    if not ok:
+        with_mask = " and their mask" if mask is not None else ""
+        raise violation(
+            "key_permutation_invariance",
+            subject,
+            f"permuting the M={m} context tokens{with_mask} changed the output by {diff:.3g} "
+            f"(atol {atol:.2g}): some key is treated by its position (dropped, truncated, "
+            "causally masked) rather than by its content",
+        )
+
+
+def check_masking(subject: AttentionSubject) -> None:
+    """Masked keys change nothing (= removing them); a fully masked row stays finite."""
+    if not subject.supports_mask:
+        return
+    s = subject.shapes
+    x, context = subject.inputs(salt=5)
+    keep = random_key_mask(s.batch, s.context_tokens, seed=s.seed + 5, device=subject.device)
+    masked = subject.run(x, context, keep).output
+    for b in range(s.batch):
+        kept = context[b : b + 1, keep[b]]
+        alone = subject.run(x[b : b + 1], kept).output
+        atol, _ = subject.tolerances(x[b : b + 1], kept)
+        ok, diff = _within(masked[b : b + 1], alone, atol)
+        if not ok:
+            dropped = (~keep[b]).nonzero().flatten().tolist()
+            raise violation(
+                "masking",
+                subject,
+                f"batch row {b} with keys {dropped} of M={s.context_tokens} masked differs by "
+                f"{diff:.3g} (atol {atol:.2g}) from the same row run on the other keys alone: "
+                "masked keys still change the output",
+            )
+    none_kept = keep.clone()
+    none_kept[0] = False
+    out = subject.run(x, context, none_kept).output
+    if not bool(torch.isfinite(out).all()):
+        raise violation(
+            "masking",
+            subject,
+            f"with all M={s.context_tokens} keys of batch row 0 masked the output holds "
+            f"{int((~torch.isfinite(out)).sum())} NaN/inf values; a fully masked row must stay "
+            "defined",
+        )

@@ -1,0 +1,71 @@
+"""The one failure the checks raise: an AssertionError that leads with the invariant's name."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from shapetrace.errors import ShapeTraceError
+
+if TYPE_CHECKING:
+    from shapetrace.testing.strategies import AttentionShapes
+
+__all__ = ["InvariantViolation", "ModuleContractError"]
+
+
+class InvariantViolation(AssertionError):
+    """An attention invariant does not hold: ``invariant`` names it, ``detail`` says by how
+    much, ``shapes`` and ``example`` give the (shrunk) falsifying example.
+
+    Its message starts with ``"<invariant>: "``, so ``pytest.raises(AssertionError,
+    match="^scale: ")`` pins which invariant failed.
+    """
+
+    def __init__(
+        self,
+        invariant: str,
+        detail: str,
+        *,
+        shapes: AttentionShapes | None = None,
+        statement: str = "",
+        subject: str = "",
+        example: str = "",
+    ) -> None:
+        self.invariant = invariant
+        self.detail = detail
+        self.shapes = shapes
+        self.statement = statement
+        self.subject = subject
+        self.example = example
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        lines = [f"{self.invariant}: {self.detail}"]
+        if self.statement:
+            lines.append(f"  invariant: {self.statement}")
+        if self.subject:
+            lines.append(f"  checked: {self.subject}")
+        if self.shapes is not None:
+            lines.append(f"  shapes: {self.shapes.describe()}")
+        if self.example:
+            example = self.example.replace("\n", "\n    ")
+            lines.append(f"  falsifying example: {example}")
+        return "\n".join(lines)
+
+    def completed(self, *, statement: str, subject: str, example: str) -> InvariantViolation:
+        """A copy with the invariant's statement, what was checked and Hypothesis' example."""
+        done = InvariantViolation(
+            self.invariant,
+            self.detail,
+            shapes=None if self.shapes is None else replace(self.shapes),
+            statement=statement,
+            subject=subject,
+            example=example,
+        )
+        return done
+
+
+class ModuleContractError(ShapeTraceError, TypeError):
+    """Raised by the checks when the factory's module does not follow the contract (no
+    ``to_q``/``to_k``/``to_v``/``to_out`` Linear, widths that do not match the arguments it
+    was built with), so its invariants cannot be checked at all."""
