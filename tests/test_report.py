@@ -274,8 +274,8 @@ def test_explainer_groups_cross_layers_by_resolution_like_design_table() -> None
         "320",
         "8×40",
         "down_blocks.0 (2), up_blocks.3 (3)",
-        "down_blocks.0 (2), up_blocks.3 (3)",
     ]
+    assert "layers (cross and self)" in text
     assert row_of(text, "3 8×8")[:6] == ["3", "8×8", "64", "1280", "8×160", "mid_block (1)"]
 
 
@@ -306,11 +306,24 @@ def test_explainer_handles_layers_without_a_grid() -> None:
         "77",
         "320",
         "8×40",
-        "—",
         "text_encoder.layers (1)",
     ]
+    assert "self layers" in text
+    assert "cross layers" not in text
     assert "show —" in text
     assert re.search(r"latent\s+—", text)
+
+
+def test_explainer_has_a_column_per_kind_when_their_blocks_differ() -> None:
+    journey = Journey(
+        layers=[
+            attention_layer("text.layers.0.self_attn", kind="self", grid=None, tokens=77),
+            attention_layer("block.cross_attn"),
+        ]
+    )
+    text = render(ResolutionExplainer(journey))
+    assert row_of(text, "0 32×32")[5:] == ["block.cross_attn (1)", "—"]
+    assert row_of(text, "— —")[5:] == ["—", "text.layers (1)"]
 
 
 def test_explainer_mentions_the_batch_when_it_is_not_1() -> None:
@@ -496,3 +509,58 @@ def test_markdown_escapes_user_text_so_tables_keep_their_columns() -> None:
 def test_escape_flattens_newlines() -> None:
     assert escape("a\nb") == "a b"
     assert escape("a_b*c") == "a\\_b\\*c"
+
+
+# --- narrow consoles and unusual layers -----------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_summary_drops_columns_rather_than_cutting_names_or_shapes(width: int) -> None:
+    text = render(LayerSummary(sd15_journey(512, 768, batch=2)), width=width)
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert "down.0.0.attn2" in text
+    assert "(2, 8, 6144, 6144)" in text
+
+
+def test_single_head_spatial_attention_on_a_feature_map_is_explained() -> None:
+    # Seed 001's functional cross-attention: 4-D in, one head of 768, 4-D out.
+    stages = [
+        Stage("input", (1, 320, 32, 32)),
+        Stage("tokens", (1, 1024, 320)),
+        Stage("context", (1, 77, 768)),
+        Stage("query", (1, 1024, 768)),
+        Stage("key", (1, 77, 768)),
+        Stage("value", (1, 77, 768)),
+        Stage("query_heads", (1, 1, 1024, 768), raw_shape=(1, 1024, 768), layout="(B, T, d)"),
+        Stage("scores", (1, 1, 1024, 77)),
+        Stage("probs", (1, 1, 1024, 77)),
+        Stage("attended", (1, 1, 1024, 768)),
+        Stage("merged", (1, 1024, 768)),
+        Stage("output", (1, 320, 32, 32)),
+    ]
+    layer = LayerRecord("spatial_attn", "cross", "model", (32, 32), "forward", 1, 768, stages)
+    text = render(StageJourney(layer), width=220)
+    flat = " ".join(text.split())
+    assert "1 head of 768" in flat
+    assert "W_Q 320×768" in flat
+    assert "one head: nothing to merge" in flat
+    assert "W_O 768×320 (to_out), reshaped back to the feature map" in flat
+    assert row_of(text, "1 input")[3] == "(B, C, h, w)"
+    assert row_of(text, "2 tokens")[3] == "(B, N, C)"
+    assert row_of(text, "12 output")[3] == "(B, C, h, w)"
+    assert "raw (1, 1024, 768)" in text
+
+
+def test_on_a_narrow_console_long_ops_move_under_the_table_with_the_explanations() -> None:
+    layer = attention_layer(FIRST_CROSS, processor="AttnProcessor", batch=2)
+    layer.stages = [
+        Stage(s.name, s.shape, "reshape→permute→reshape→" * 2, s.raw_shape, s.layout, s.derived)
+        for s in layer.stages
+    ]
+    text = render(StageJourney(layer), width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    header = next(line for line in text.splitlines() if "step" in line.split())
+    assert header.split() == ["step", "stage", "shape", "layout"]
+    assert re.search(r"^\s*11 probs\s+\[reshape→permute", text, re.MULTILINE)
+    assert "raw (16, 1024, 77)" in text

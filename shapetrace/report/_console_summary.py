@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shapetrace.journey import Journey, LayerRecord
-from shapetrace.report._format import DASH
+from shapetrace.report._format import DASH, simple_table_width
 from shapetrace.report._summary import SummaryRow, summary_rows
 
 __all__ = ["BAD_MARK", "OK_MARK", "LayerSummary"]
@@ -57,7 +57,7 @@ def _needed(rows: list[SummaryRow], columns: list[_Column]) -> int:
     widths = [
         max([cell_len(col.header)] + [cell_len(str(col.cell(r))) for r in rows]) for col in columns
     ]
-    return sum(w + 2 for w in widths) + len(columns) - 1 + 2
+    return simple_table_width(widths)
 
 
 class LayerSummary:

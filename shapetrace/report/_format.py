@@ -26,6 +26,7 @@ __all__ = [
     "maybe_shape",
     "short_name",
     "short_names",
+    "simple_table_width",
     "symbolic",
     "width_of",
 ]
@@ -132,6 +133,12 @@ def block_of(name: str) -> str:
 def heads_text(heads: int, head_dim: int) -> str:
     """``8 heads of 40``, ``1 head of 768``."""
     return f"{heads} head{'s' if heads != 1 else ''} of {head_dim}"
+
+
+def simple_table_width(widths: Sequence[int]) -> int:
+    """The width of a rich ``SIMPLE_HEAD`` table whose columns are ``widths`` wide: one space
+    of padding either side of each, a divider between columns and one at each edge."""
+    return sum(w + 2 for w in widths) + max(len(widths) - 1, 0) + 2
 
 
 def width_of(stage: Stage) -> int:

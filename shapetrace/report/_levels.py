@@ -12,7 +12,7 @@ from shapetrace.journey import Journey, LayerRecord
 from shapetrace.report._format import DASH, TIMES, block_of, channels, fmt_grid, heads_text
 from shapetrace.report._summary import latent_grid
 
-__all__ = ["Level", "levels", "resolution_lines", "seed_sentence"]
+__all__ = ["Level", "block_columns", "levels", "resolution_lines", "seed_sentence"]
 
 #: Seed 002's example: SD 1.5's 320-channel level on a 32×32 grid, 1024 tokens, 8 heads of 40.
 SEED_CHANNELS = 320
@@ -39,6 +39,18 @@ class Level:
         """``down_blocks.0 (2), up_blocks.3 (3)``, or a dash."""
         counts = self.blocks.get(kind, {})
         return ", ".join(f"{b} ({n})" for b, n in counts.items()) or DASH
+
+
+def block_columns(found: list[Level]) -> list[tuple[str, str]]:
+    """(header, kind) of the blocks columns: one column when every level's self layers sit
+    in the same blocks as its cross layers (SD's UNet), else one per kind."""
+    if all(lv.blocks.get("cross") == lv.blocks.get("self") for lv in found):
+        return [("layers (cross and self)", "cross")]
+    kinds = list(dict.fromkeys(k for lv in found for k in lv.blocks))
+    ordered = [k for k in ("cross", "self") if k in kinds] + [
+        k for k in kinds if k not in ("cross", "self")
+    ]
+    return [(f"{kind} layers", kind) for kind in ordered]
 
 
 def _tokens(layer: LayerRecord) -> int | None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from shapetrace.journey import Journey, LayerRecord
 from shapetrace.report._explain import legend, stage_rows
 from shapetrace.report._format import DASH, fmt_grid, heads_text
-from shapetrace.report._levels import levels, resolution_lines
+from shapetrace.report._levels import block_columns, levels, resolution_lines
 from shapetrace.report._summary import header_facts, summary_rows
 
 __all__ = ["escape", "to_markdown"]
@@ -83,7 +83,8 @@ def _summary(journey: Journey, layers: Sequence[LayerRecord] | None) -> list[str
 
 def _resolution(journey: Journey) -> list[str]:
     found = levels(journey)
-    header = ["level", "grid h×w", "tokens N", "channels", "H×d", "cross layers", "self layers"]
+    blocks = block_columns(found)
+    header = ["level", "grid h×w", "tokens N", "channels", "H×d", *(h for h, _ in blocks)]
     body = [
         [
             DASH if lv.index is None else str(lv.index),
@@ -91,8 +92,7 @@ def _resolution(journey: Journey) -> list[str]:
             DASH if lv.tokens is None else str(lv.tokens),
             str(lv.channels),
             f"{lv.heads}×{lv.head_dim}",
-            escape(lv.blocks_text("cross")),
-            escape(lv.blocks_text("self")),
+            *(escape(lv.blocks_text(kind)) for _, kind in blocks),
         ]
         for lv in found
     ]
