@@ -449,3 +449,29 @@ def test_errors_from_the_tracer_are_shapetrace_errors() -> None:
     # The CLI's error path relies on this: what users get wrong is a ShapeTraceError.
     with pytest.raises(ShapeTraceError, match="500"):
         shapetrace.trace_model("sd15", height=500, width=512)
+
+
+@pytest.mark.cuda
+def test_trace_runs_on_cuda_with_real_values(tmp_path: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    data = traced(
+        tmp_path, "--model", "tiny", "--device", "cuda", "--height", "64", "--width", "64"
+    )
+    assert data["device"] == "cuda"
+    layer_json = first_cross(data)
+    assert layer_json["resolution"] == [8, 8]
+    assert all(check["ok"] for x in data["layers"] for check in x["checks"])
+
+
+def test_real_values_on_cpu_show_the_runtime_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "160")
+    data = traced(tmp_path, "--model", "tiny", "--device", "cpu", "--height", "64", "--width", "64")
+    assert data["layers"][0]["checks"]
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "down.0.0.attn2" in line)
+    assert row.split()[-1] == "✓"
