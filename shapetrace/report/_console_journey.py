@@ -50,6 +50,12 @@ class StageJourney:
     under the normalized shape when it differed. Wide consoles get one table; narrower ones
     get the explanations as lines under it, and the ops there too when the table would not
     fit with them.
+
+    >>> Console().print(StageJourney(journey_256.cross[0]))  # doctest: +SKIP
+    Journey: down_blocks.0.attentions.0.transformer_blocks.0.attn2
+      step   stage         shape              layout         op
+         5   key           (1, 77, 320)       (B, M, C)      linear 768→320 (to_k)
+        11   probs         (1, 8, 1024, 77)   (B, H, N, M)   derived: softmax(q kᵀ · 0.1581) ...
     """
 
     def __init__(self, layer: LayerRecord) -> None:

@@ -67,6 +67,10 @@ class LayerSummary:
     names it), a check column when layers carry runtime checks; failed checks are listed
     under the table. On a narrow console the least needed columns go first (processor,
     place, C, H×d, #) so layer names and shapes are never cut.
+
+    >>> Console().print(LayerSummary(journey_256))  # doctest: +SKIP
+      #   layer            kind    place   grid h×w      N      M     C    H×d   scores
+      2   down.0.0.attn2   cross   down       32×32   1024     77   320   8×40   (1, 8, 1024, 77)
     """
 
     def __init__(self, journey: Journey, layers: Sequence[LayerRecord] | None = None) -> None:

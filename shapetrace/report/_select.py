@@ -45,6 +45,9 @@ def choose_layers(
     ``every``: all layers (of ``kind`` if given). ``patterns``: the layers they match
     (see :func:`match_layers`). Neither: the first layer of ``kind`` (default the first
     cross-attention layer, or the first layer when there is none).
+
+    >>> [x.name for x in choose_layers(journey, ["up.3"], kind="cross")]  # doctest: +SKIP
+    ['up_blocks.3.attentions.0.transformer_blocks.0.attn2', ..., '...attentions.2...attn2']
     """
     pool = journey.layers if kind is None else journey.select(kind=kind)
     if kind is not None and not pool:

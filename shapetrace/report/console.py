@@ -3,8 +3,7 @@
 Each is a small object with ``__rich_console__``; :class:`Report` stacks them. User-provided
 text (layer and model names) always goes in as :class:`rich.text.Text`, never as markup.
 
->>> from rich import box
-from rich.console import Console
+>>> from rich.console import Console
 >>> Console().print(Report(journey))  # doctest: +SKIP
 """
 
@@ -34,12 +33,16 @@ __all__ = [
     "print_report",
 ]
 
-OK_MARK = "✓"
-BAD_MARK = "✗"
-
 
 class JourneyHeader:
-    """Model, image size, batch, device, latent grid and the attention layer count."""
+    """Model, image size, batch, device, latent grid and the attention layer count.
+
+    >>> Console().print(JourneyHeader(journey))  # doctest: +SKIP
+    ╭─ shapetrace ─────────────────────────────────────╮
+    │ image H×W  512×512                                │
+    │ latent     64×64 (image ÷ 8)                      │
+    │ attention  32 attention layers: 16 self, 16 cross │
+    """
 
     def __init__(self, journey: Journey) -> None:
         self.journey = journey
@@ -54,7 +57,15 @@ class JourneyHeader:
 
 
 class ResolutionExplainer:
-    """How the image size becomes a grid and tokens at each level, and where seed 002 holds."""
+    """How the image size becomes a grid and tokens at each level, and where seed 002 holds.
+
+    >>> Console().print(ResolutionExplainer(journey_512))  # doctest: +SKIP
+      level   grid h×w   tokens N   channels     H×d   layers (cross and self)
+          0      64×64       4096        320    8×40   down_blocks.0 (2), up_blocks.3 (3)
+    ...
+    Seed 002's feature map (1, 320, 32, 32), 1024 tokens at 320 channels, is what a 256×256
+    image gives; at 512×512 the 320-channel level has 64×64 = 4096 tokens (8 heads of 40), ...
+    """
 
     def __init__(self, journey: Journey) -> None:
         self.journey = journey
@@ -122,5 +133,12 @@ def print_report(
     summary: Sequence[LayerRecord] | None = None,
     console: Console | None = None,
 ) -> None:
-    """Print :class:`Report` for ``journey`` to ``console`` (default: a new stdout console)."""
+    """Print :class:`Report` for ``journey`` to ``console`` (default: a new stdout console).
+
+    >>> journey = shapetrace.trace_model("sd15", height=256, width=256)  # doctest: +SKIP
+    >>> print_report(journey, journey.select(contains="mid_block"))    # doctest: +SKIP
+    Journey: mid_block.attentions.0.transformer_blocks.0.attn1
+    ...
+         10   scores        (1, 8, 16, 16)     (B, H, N, M)   ...
+    """
     (console or Console()).print(Group(Report(journey, layers, summary=summary)))

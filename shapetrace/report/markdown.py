@@ -140,6 +140,10 @@ def to_markdown(
 
     ``layers``: whose journeys to show (default: the first cross-attention layer);
     ``summary``: the layers in the table (default: all).
+
+    >>> print(to_markdown(journey_256))  # doctest: +SKIP
+    ...
+    | 10 | scores | *`(1, 8, 1024, 77)`* | `(B, H, N, M)` | *derived: q kᵀ · scale ...* | ... |
     """
     chosen = list(journey.cross[:1] or journey.layers[:1]) if layers is None else list(layers)
     parts = [_header(journey), _summary(journey, summary), _resolution(journey)]
