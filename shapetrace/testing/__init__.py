@@ -21,11 +21,12 @@ from shapetrace.testing.strategies import (
     AttentionShapes,
     attention_shapes,
     random_key_mask,
+    random_qkv,
     random_tensor,
     seeds,
     sizes,
 )
-from shapetrace.testing.tolerance import calibrated_atol, default_atol, max_abs_diff
+from shapetrace.testing.tolerance import assert_close, calibrated_atol, default_atol, max_abs_diff
 
 __all__ = [
     "DEFAULT_MAX_EXAMPLES",
@@ -37,6 +38,7 @@ __all__ = [
     "Invariant",
     "InvariantViolation",
     "ModuleContractError",
+    "assert_close",
     "attention_shapes",
     "calibrated_atol",
     "check_attention_module",
@@ -45,6 +47,7 @@ __all__ = [
     "load_profile",
     "max_abs_diff",
     "random_key_mask",
+    "random_qkv",
     "random_tensor",
     "register_profiles",
     "seeds",

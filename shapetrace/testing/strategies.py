@@ -28,6 +28,7 @@ __all__ = [
     "AttentionShapes",
     "attention_shapes",
     "random_key_mask",
+    "random_qkv",
     "random_tensor",
     "seeds",
     "sizes",
@@ -240,3 +241,38 @@ def random_key_mask(
     first = torch.randint(tokens, (batch,), generator=generator)
     keep[torch.arange(batch), first] = True
     return keep.to(device)
+
+
+def random_qkv(
+    shapes: AttentionShapes,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded split-head q (B, H, N, d), k and v (B, H, M, d) for ``shapes``.
+
+    >>> q, k, v = random_qkv(AttentionShapes(2, 8, 40, 64, 77, 320, 768))
+    >>> tuple(q.shape), tuple(k.shape)
+    ((2, 8, 64, 40), (2, 8, 77, 40))
+    """
+    s = shapes
+    base = s.seed * 1009
+    q = random_tensor(
+        (s.batch, s.heads, s.query_tokens, s.head_dim),
+        seed=base,
+        dtype=dtype,
+        device=device,
+        scale=scale,
+    )
+    k, v = (
+        random_tensor(
+            (s.batch, s.heads, s.context_tokens, s.head_dim),
+            seed=base + i,
+            dtype=dtype,
+            device=device,
+            scale=scale,
+        )
+        for i in (1, 2)
+    )
+    return q, k, v

@@ -24,6 +24,7 @@ import torch
 __all__ = [
     "DEFAULT_ATOL",
     "DEFAULT_FUDGE",
+    "assert_close",
     "calibrated_atol",
     "default_atol",
     "max_abs_diff",
@@ -106,3 +107,31 @@ def calibrated_atol(
         raise ValueError(f"fudge must be positive, got {fudge}")
     error = max_abs_diff(low_precision_reference, reference)
     return fudge * max(error, default_atol(dtype))
+
+
+def assert_close(
+    actual: torch.Tensor,
+    reference: torch.Tensor,
+    low_precision_reference: torch.Tensor,
+    *,
+    what: str = "result",
+    fudge: float | None = None,
+) -> None:
+    """Raise AssertionError unless ``actual`` is within :func:`calibrated_atol` of
+    ``reference`` (float64), the tolerance calibrated on ``low_precision_reference``; the
+    tolerance's dtype is ``actual``'s.
+
+    >>> ref = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    >>> assert_close(torch.tensor([1.0, 2.0]), ref, ref.float())
+    >>> assert_close(torch.tensor([1.0, 2.1]), ref, ref.float(), what="output")
+    Traceback (most recent call last):
+    ...
+    AssertionError: output differs from the float64 reference by 0.1 (atol 4e-05, float32)
+    """
+    atol = calibrated_atol(reference, low_precision_reference, dtype=actual.dtype, fudge=fudge)
+    diff = max_abs_diff(actual, reference)
+    if not (math.isfinite(diff) and diff <= atol):
+        raise AssertionError(
+            f"{what} differs from the float64 reference by {diff:.3g} "
+            f"(atol {atol:.2g}, {str(actual.dtype).removeprefix('torch.')})"
+        )

@@ -1,0 +1,70 @@
+"""Shared test setup: the ``ci`` Hypothesis profile unless another was asked for, a
+single-thread fixture for the many tiny attention ops, and the mutation score's summary.
+
+shapetrace's own pytest plugin (``shapetrace.testing.pytest_plugin``, an entry point) loads
+the profile named by ``--shapetrace-profile`` or ``SHAPETRACE_HYPOTHESIS_PROFILE``, adds the
+``cuda`` marker's auto-skip and the ``check_attention`` fixtures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from shapetrace.testing import profiles
+
+pytest_plugins = ["pytester"]
+
+MUTATION_BOARD = pytest.StashKey[dict[str, str | None]]()
+"""Planted bug -> the invariant its check named (None: it survived), filled by test_mutants."""
+FALSE_ALARMS = pytest.StashKey[dict[str, str | None]]()
+"""Correct variant -> the invariant wrongly reported (None: it passed), filled by test_mutants."""
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if profiles.active_profile() is None:  # plain `pytest`: fast and derandomized
+        profiles.load_profile("ci")
+    config.stash[MUTATION_BOARD] = {}
+    config.stash[FALSE_ALARMS] = {}
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """One intra-op thread: on 2 shared cores, threads only slow tiny matmuls down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def mutation_board(pytestconfig: pytest.Config) -> dict[str, str | None]:
+    return pytestconfig.stash[MUTATION_BOARD]
+
+
+@pytest.fixture(scope="session")
+def false_alarms(pytestconfig: pytest.Config) -> dict[str, str | None]:
+    return pytestconfig.stash[FALSE_ALARMS]
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    board = config.stash.get(MUTATION_BOARD, {})
+    alarms = config.stash.get(FALSE_ALARMS, {})
+    if not board and not alarms:
+        return
+    killed = sum(name is not None for name in board.values())
+    raised = sum(name is not None for name in alarms.values())
+    terminalreporter.section("shapetrace mutation score")
+    terminalreporter.write_line(
+        f"planted bugs caught: {killed}/{len(board)}; "
+        f"false alarms on correct variants: {raised}/{len(alarms)}"
+    )
+    for mutant, invariant in sorted(board.items()):
+        terminalreporter.write_line(f"  {mutant:<30} {invariant or 'SURVIVED'}")

@@ -1,0 +1,73 @@
+"""The checks' power, measured: every planted bug in tests/mutants.py is caught and named by
+the invariant it breaks, and no correct variant raises a false alarm.
+
+The score is printed in pytest's terminal summary ("shapetrace mutation score").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from mutants import CORRECT, MUTANTS
+from torch import nn
+
+from shapetrace.testing import InvariantViolation, check_attention_module
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+MIN_KILLED = 10
+
+
+def _caught_invariant(factory: Callable[[int, int, int], nn.Module]) -> str | None:
+    """The invariant the check names for ``factory``, or None when it passes."""
+    try:
+        check_attention_module(factory)
+    except InvariantViolation as err:
+        return err.invariant
+    return None
+
+
+@pytest.mark.parametrize("mutant", list(MUTANTS), ids=lambda m: m.__name__)
+def test_planted_bug_is_caught_and_named_by_the_invariant_it_breaks(
+    mutant: type[nn.Module], mutation_board: dict[str, str | None]
+) -> None:
+    expected = "|".join(MUTANTS[mutant])  # type: ignore[index]
+    mutation_board[mutant.__name__] = None
+    with pytest.raises(AssertionError, match=rf"^({expected}): ") as caught:
+        try:
+            check_attention_module(mutant)
+        except InvariantViolation as err:
+            mutation_board[mutant.__name__] = err.invariant
+            raise
+    message = str(caught.value)
+    assert re.search(r"shapes: B=\d+, N=\d+, M=\d+, query_dim=\d+", message)
+    assert "falsifying example:" in message and "AttentionShapes(" in message
+
+
+@pytest.mark.parametrize("name", list(CORRECT))
+def test_correct_variant_passes_every_invariant(
+    name: str, false_alarms: dict[str, str | None]
+) -> None:
+    false_alarms[name] = _caught_invariant(CORRECT[name])
+    assert false_alarms[name] is None, f"false alarm on {name}: {false_alarms[name]}"
+
+
+def test_mutation_score_is_at_least_ten_kills_and_no_false_alarm(
+    mutation_board: dict[str, str | None], false_alarms: dict[str, str | None]
+) -> None:
+    for mutant in MUTANTS:  # the ones a -k selection skipped
+        if mutant.__name__ not in mutation_board:
+            mutation_board[mutant.__name__] = _caught_invariant(mutant)
+    for name, factory in CORRECT.items():
+        if name not in false_alarms:
+            false_alarms[name] = _caught_invariant(factory)
+    killed = [m for m, inv in mutation_board.items() if inv is not None]
+    print(
+        f"\nkill rate {len(killed)}/{len(MUTANTS)}, false alarms "
+        f"{sum(v is not None for v in false_alarms.values())}/{len(CORRECT)}"
+    )
+    assert len(killed) >= MIN_KILLED
+    assert len(killed) == len(MUTANTS), f"survivors: {set(mutation_board) - set(killed)}"
+    assert not any(false_alarms.values()), false_alarms
