@@ -45,11 +45,13 @@ def aggregate(
 
     ``res`` is an int side or (h, w). ``select`` is the prompt index: under guidance it picks
     the conditional row of prompt ``select`` (``image`` picks among images per prompt,
-    ``branch="uncond"`` the unconditional row when the store kept it).
+    ``branch="uncond"`` the unconditional row when the store kept it). A capture error kept
+    by the store is raised here.
 
     >>> aggregate(store, (12, 16), select=0).shape                    # doctest: +SKIP
     torch.Size([12, 16, 77])
     """
+    store.check()
     h, w = _as_res(res)
     kind = "cross" if is_cross else "self"
     unknown = [p for p in from_where if p not in ("down", "mid", "up")]

@@ -136,6 +136,7 @@ class AttentionStore:
         self.keep = keep
         self.rows: tuple[RowLabel, ...] | None = tuple(rows) if rows is not None else None
         self.entries: dict[Key, MapSum] = {}
+        self.errors: list[Exception] = []
         self.steps = 0
 
     @classmethod
@@ -156,7 +157,24 @@ class AttentionStore:
         return layer.resolution is not None and tuple(layer.resolution) in self.resolutions
 
     def on_attention(self, call: _Call) -> None:
-        """Add one call's probabilities, (B, H, N, M) summed over heads, to its running sum."""
+        """Add one call's probabilities, (B, H, N, M) summed over heads, to its running sum.
+
+        An error is raised and also kept: ``check()`` (called by ``end_step`` and
+        ``aggregate``) raises it again, so a tracer that shields the forward from probe
+        errors cannot turn it into a silently empty store.
+        """
+        try:
+            self._add(call)
+        except Exception as err:
+            self.errors.append(err)
+            raise
+
+    def check(self) -> None:
+        """Raise the first error a call raised in this store, if any."""
+        if self.errors:
+            raise self.errors[0]
+
+    def _add(self, call: _Call) -> None:
         layer = call.layer
         if not self.wants(layer):
             return
@@ -239,12 +257,17 @@ class AttentionStore:
         )
 
     def end_step(self) -> None:
-        """Mark the end of one denoising step (counted for reports; sums are already running)."""
+        """Mark the end of one denoising step (counted for reports; sums are already running).
+
+        Raises the error of a failed call, if one failed during the step.
+        """
+        self.check()
         self.steps += 1
 
     def reset(self) -> None:
-        """Forget every stored map (the filters and row labels stay)."""
+        """Forget every stored map and error (the filters and row labels stay)."""
         self.entries.clear()
+        self.errors.clear()
         self.steps = 0
 
     def available(self) -> dict[tuple[str, str], list[Resolution]]:

@@ -1,0 +1,223 @@
+"""The attention store against hand-made calls: bookkeeping, rows, filters, memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from shapetrace.errors import InputShapeError, ShapeTraceError
+from shapetrace.maps import AttentionStore, batch_rows, estimate_memory
+
+
+@dataclass
+class FakeLayer:
+    name: str
+    kind: str = "cross"
+    place: str = "down"
+    resolution: tuple[int, int] | None = (2, 2)
+    heads: int = 2
+
+
+class FakeCall:
+    """An ``AttentionCall`` stand-in: given probabilities (B, H, N, M), or q and k."""
+
+    def __init__(self, layer: FakeLayer, probs: torch.Tensor, *, materialized: bool = False):
+        b, h, n, m = probs.shape
+        self.layer = layer
+        self.query_heads = torch.zeros(b, h, n, 4)
+        self.key_heads = torch.zeros(b, h, m, 4)
+        self.scale = 0.5
+        self.mask = None
+        self.probs = probs if materialized else None
+        self._probs = probs
+        self.computed = 0
+
+    def compute_probs(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        self.computed += 1
+        return self._probs.to(dtype)
+
+
+def random_probs(b: int, h: int, n: int, m: int = 77, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, h, n, m, generator=g).softmax(dim=-1)
+
+
+def test_batch_rows_put_unconditional_rows_first_then_conditional_prompt_major():
+    rows = batch_rows(2, images_per_prompt=2, guidance=True)
+    assert [(r.branch, r.prompt, r.image) for r in rows] == [
+        ("uncond", 0, 0),
+        ("uncond", 0, 1),
+        ("uncond", 1, 0),
+        ("uncond", 1, 1),
+        ("cond", 0, 0),
+        ("cond", 0, 1),
+        ("cond", 1, 0),
+        ("cond", 1, 1),
+    ]
+    assert [r.row for r in rows] == list(range(8))
+
+
+def test_batch_rows_refuse_zero_prompts():
+    with pytest.raises(InputShapeError, match="at least one prompt"):
+        batch_rows(0)
+
+
+def test_one_call_adds_its_heads_summed_and_counts_each_head():
+    store = AttentionStore.for_batch(1, guidance=False)
+    probs = random_probs(1, 2, 4)
+    store.on_attention(FakeCall(FakeLayer("l0"), probs))
+    entry = store.entries[("down", "cross", (2, 2))]
+    assert entry.count == 2 and entry.calls == 1 and entry.layers == {"l0"}
+    torch.testing.assert_close(entry.total, probs.sum(dim=1))
+    torch.testing.assert_close(entry.mean(), probs.mean(dim=1))
+
+
+def test_materialized_probabilities_are_used_without_recomputing():
+    store = AttentionStore()
+    call = FakeCall(FakeLayer("l0"), random_probs(1, 2, 4), materialized=True)
+    store.on_attention(call)
+    assert call.computed == 0
+    lazy = FakeCall(FakeLayer("l0"), random_probs(1, 2, 4))
+    store.on_attention(lazy)
+    assert lazy.computed == 1
+
+
+def test_select_picks_the_conditional_row_of_each_prompt_under_guidance():
+    store = AttentionStore.for_batch(2, guidance=True)  # rows: u0, u1, c0, c1
+    probs = random_probs(4, 2, 4)
+    store.on_attention(FakeCall(FakeLayer("l0"), probs))
+    for prompt, row in ((0, 2), (1, 3)):
+        expected = probs[row].mean(dim=0).reshape(2, 2, 77)
+        torch.testing.assert_close(store.aggregate(2, ("down",), select=prompt), expected)
+
+
+def test_unconditional_rows_are_dropped_unless_keep_all():
+    probs = random_probs(2, 2, 4)
+    lean = AttentionStore.for_batch(1, guidance=True)
+    full = AttentionStore.for_batch(1, guidance=True, keep="all")
+    for store in (lean, full):
+        store.on_attention(FakeCall(FakeLayer("l0"), probs))
+    assert lean.entries[("down", "cross", (2, 2))].total.shape == (1, 4, 77)
+    assert full.entries[("down", "cross", (2, 2))].total.shape == (2, 4, 77)
+    uncond = full.aggregate(2, ("down",), select=0, branch="uncond")
+    torch.testing.assert_close(uncond, probs[0].mean(dim=0).reshape(2, 2, 77))
+    torch.testing.assert_close(full.aggregate(2, ("down",)), lean.aggregate(2, ("down",)))
+    with pytest.raises(ShapeTraceError, match=r"no stored row for prompt 0.*uncond"):
+        lean.aggregate(2, ("down",), select=0, branch="uncond")
+
+
+def test_an_unlabelled_store_treats_each_row_as_its_own_prompt():
+    store = AttentionStore()
+    probs = random_probs(3, 2, 4)
+    store.on_attention(FakeCall(FakeLayer("l0"), probs))
+    assert [r.branch for r in store.kept_rows] == ["single"] * 3
+    expected = probs[2].mean(dim=0).reshape(2, 2, 77)
+    torch.testing.assert_close(store.aggregate(2, ("down",), select=2), expected)
+
+
+def test_a_batch_that_does_not_match_the_row_labels_is_refused_naming_the_layer():
+    store = AttentionStore.for_batch(1, guidance=True)
+    with pytest.raises(InputShapeError, match=r"layer 'down\.attn2' got batch 4 .* 2 rows"):
+        store.on_attention(FakeCall(FakeLayer("down.attn2"), random_probs(4, 2, 4)))
+    # kept, so a tracer that shields the forward from probe errors cannot hide it
+    with pytest.raises(InputShapeError, match=r"layer 'down\.attn2' got batch 4"):
+        store.end_step()
+    store.reset()
+    store.end_step()
+
+
+def test_wants_filters_by_kind_place_and_layer_resolution():
+    store = AttentionStore(places=("up", "down"), resolutions=[16, (12, 20)])
+    assert store.wants(FakeLayer("a", resolution=(16, 16)))
+    assert store.wants(FakeLayer("b", place="up", resolution=(12, 20)))
+    assert not store.wants(FakeLayer("c", resolution=(20, 12)))
+    assert not store.wants(FakeLayer("d", place="mid", resolution=(16, 16)))
+    assert not store.wants(FakeLayer("e", kind="self", resolution=(16, 16)))
+    assert not store.wants(FakeLayer("f", resolution=None))
+    both = AttentionStore(kinds=("cross", "self"))
+    assert both.wants(FakeLayer("g", kind="self"))
+
+
+def test_unwanted_calls_are_ignored_without_computing_probabilities():
+    store = AttentionStore()
+    call = FakeCall(FakeLayer("attn1", kind="self"), random_probs(1, 2, 4, m=4))
+    store.on_attention(call)
+    assert call.computed == 0 and not store.entries
+
+
+def test_unknown_kinds_and_keep_modes_are_refused():
+    with pytest.raises(InputShapeError, match="kinds must be 'cross' or 'self'"):
+        AttentionStore(kinds=("crosss",))
+    with pytest.raises(InputShapeError, match="keep must be 'cond' or 'all'"):
+        AttentionStore(keep="uncond")  # type: ignore[arg-type]
+
+
+def test_non_square_maps_are_keyed_by_geometry_not_by_sqrt_of_n():
+    store = AttentionStore()
+    store.on_attention(FakeCall(FakeLayer("wide", resolution=(2, 8)), random_probs(1, 2, 16)))
+    store.on_attention(FakeCall(FakeLayer("square", resolution=(4, 4)), random_probs(1, 2, 16)))
+    assert set(store.available()[("down", "cross")]) == {(2, 8), (4, 4)}
+    assert store.aggregate((2, 8), ("down",)).shape == (2, 8, 77)
+    assert store.aggregate(4, ("down",)).shape == (4, 4, 77)
+
+
+def test_a_resolution_that_disagrees_with_the_query_tokens_is_refused():
+    store = AttentionStore()
+    with pytest.raises(ShapeTraceError, match=r"resolution 3x3 has 9 pixels but the query has N=4"):
+        store.on_attention(FakeCall(FakeLayer("l0", resolution=(3, 3)), random_probs(1, 2, 4)))
+
+
+def test_a_layer_without_resolution_is_refused_when_no_filter_skips_it():
+    store = AttentionStore()
+    with pytest.raises(ShapeTraceError, match="has no resolution"):
+        store.on_attention(FakeCall(FakeLayer("l0", resolution=None), random_probs(1, 2, 4)))
+
+
+def test_a_changed_context_length_mid_run_is_refused():
+    store = AttentionStore()
+    store.on_attention(FakeCall(FakeLayer("l0"), random_probs(1, 2, 4, m=77)))
+    with pytest.raises(ShapeTraceError, match=r"do not match .* call store\.reset\(\)"):
+        store.on_attention(FakeCall(FakeLayer("l0"), random_probs(1, 2, 4, m=10)))
+
+
+def test_running_sums_stay_the_same_size_however_many_steps_run():
+    store = AttentionStore.for_batch(1, guidance=True)
+    sizes = []
+    for step in range(50):
+        for i, place in enumerate(("down", "up")):
+            probs = random_probs(2, 2, 4, seed=step * 2 + i)
+            store.on_attention(FakeCall(FakeLayer(f"{place}.attn2", place=place), probs))
+        store.end_step()
+        sizes.append(store.nbytes())
+    assert sizes[0] == sizes[-1] == 2 * 4 * 77 * 4
+    assert store.steps == 50
+    store.reset()
+    assert store.nbytes() == 0 and store.steps == 0
+
+
+def test_the_memory_estimate_is_what_the_store_then_holds():
+    store = AttentionStore.for_batch(1, guidance=True)
+    layers = [
+        FakeLayer("d0", resolution=(2, 2)),
+        FakeLayer("d1", resolution=(2, 2)),
+        FakeLayer("u0", place="up", resolution=(2, 4)),
+        FakeLayer("s0", kind="self", resolution=(2, 2)),
+    ]
+    est = estimate_memory(store, layers, batch=2)
+    assert est.layers == 3 and est.rows_kept == 1 and est.batch == 2
+    assert est.running == (4 * 77 + 8 * 77) * 4
+    assert est.scratch == 2 * 2 * 2 * 8 * 77 * 4
+    for layer in layers:
+        n = layer.resolution[0] * layer.resolution[1]
+        m = n if layer.kind == "self" else 77
+        store.on_attention(FakeCall(layer, random_probs(2, 2, n, m=m)))
+    assert store.nbytes() == est.running
+    assert "1 of 2 rows" in str(est) and "flat in steps" in str(est)
+
+
+def test_the_memory_estimate_of_self_attention_uses_n_keys():
+    store = AttentionStore(kinds=("self",))
+    est = estimate_memory(store, [FakeLayer("s", kind="self", resolution=(4, 4))], batch=1)
+    assert est.running == 16 * 16 * 4
