@@ -69,7 +69,15 @@ def trace_model(
     journey.model = built.name
     journey.height, journey.width, journey.batch = height, width, batch
     journey.device = device
-    journey.meta.update({"dtype": str(dtype).replace("torch.", ""), "family": built.family})
+    factor = built.vae_scale_factor
+    journey.meta.update(
+        {
+            "dtype": str(dtype).replace("torch.", ""),
+            "family": built.family,
+            "vae_scale_factor": factor,
+            "latent": [height // factor, width // factor],
+        }
+    )
     if processor is not None:
         journey.meta["processor"] = processor
     return journey
