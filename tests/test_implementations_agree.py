@@ -19,8 +19,6 @@ from shapetrace.testing import (
     AttentionShapes,
     assert_close,
     attention_shapes,
-    check_attention_module,
-    check_attn_processor,
     random_key_mask,
     random_qkv,
     random_tensor,
@@ -175,18 +173,22 @@ def _sdpa(query_dim: int, context_dim: int, heads: int) -> nn.Module:
     "factory", [_seed, _einops, _sdpa], ids=["seed_reference", "einops", "sdpa"]
 )
 def test_shipped_attention_module_passes_every_invariant(
-    factory: Callable[[int, int, int], nn.Module], dtype: torch.dtype
+    factory: Callable[[int, int, int], nn.Module],
+    dtype: torch.dtype,
+    check_attention: Callable[..., None],
 ) -> None:
-    check_attention_module(factory, dtype=dtype)
+    check_attention(factory, dtype=dtype)  # the plugin's fixture: the profile's example count
 
 
-def test_functional_cross_attention_passes_every_invariant_with_one_head() -> None:
-    check_attention_module(_SpatialOnTokens, shapes=attention_shapes(max_heads=1))
+def test_functional_cross_attention_passes_every_invariant_with_one_head(
+    check_attention: Callable[..., None],
+) -> None:
+    check_attention(_SpatialOnTokens, shapes=attention_shapes(max_heads=1))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("processor", [AttnProcessor, AttnProcessor2_0], ids=lambda p: p.__name__)
 def test_diffusers_processor_passes_every_invariant_masks_included(
-    processor: type, dtype: torch.dtype
+    processor: type, dtype: torch.dtype, check_processor: Callable[..., None]
 ) -> None:
-    check_attn_processor(processor, dtype=dtype)
+    check_processor(processor, dtype=dtype)

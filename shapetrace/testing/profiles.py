@@ -47,8 +47,8 @@ PROFILES: MappingProxyType[str, dict[str, Any]] = MappingProxyType(
             "database": None,
             "print_blob": True,
         },
-        "dev": {**_COMMON, "max_examples": 50},
-        "nightly": {**_COMMON, "max_examples": 500, "print_blob": True},
+        "dev": {**_COMMON, "max_examples": 50, "derandomize": False},
+        "nightly": {**_COMMON, "max_examples": 500, "derandomize": False, "print_blob": True},
     }
 )
 """Each profile's Hypothesis settings, by name."""
@@ -89,9 +89,10 @@ _active: str | None = None
 
 def register_profiles() -> None:
     """Register ``ci``, ``dev`` and ``nightly`` with Hypothesis (safe to call again)."""
+    base = settings.get_profile("default")  # not the profile loaded now
     for name, values in PROFILES.items():
-        settings.register_profile(f"shapetrace-{name}", **values)
-        settings.register_profile(name, **values)
+        settings.register_profile(f"shapetrace-{name}", base, **values)
+        settings.register_profile(name, base, **values)
 
 
 def load_profile(name: str) -> str:

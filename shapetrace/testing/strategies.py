@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from hypothesis import strategies as st
@@ -63,6 +64,10 @@ class AttentionShapes:
     def inner_dim(self) -> int:
         """Width of q, k and v: ``heads * head_dim``."""
         return self.heads * self.head_dim
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """One line in Hypothesis' falsifying examples (its printer would put a field a line)."""
+        printer.text(repr(self))
 
     def describe(self) -> str:
         """One line with every size named, as failure messages print it.
