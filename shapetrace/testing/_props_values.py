@@ -42,8 +42,9 @@ def _value_scaling(
     to_v = projection(subject.module, "to_v")
     generator = torch.Generator().manual_seed(subject.shapes.seed + 6)
     factors = 0.5 + 1.5 * torch.rand(to_v.out_features, generator=generator, dtype=torch.float64)
-    weight = (to_v.weight.detach().double() * factors[:, None]).to(to_v.weight)
-    bias = None if to_v.bias is None else (to_v.bias.detach().double() * factors).to(to_v.bias)
+    on_device = factors.to(to_v.weight.device)
+    weight = (to_v.weight.detach().double() * on_device[:, None]).to(to_v.weight)
+    bias = None if to_v.bias is None else (to_v.bias.detach().double() * on_device).to(to_v.bias)
     return {"to_v": (weight, bias)}, factors
 
 
