@@ -67,4 +67,6 @@ def pytest_terminal_summary(
         f"false alarms on correct variants: {raised}/{len(alarms)}"
     )
     for mutant, invariant in sorted(board.items()):
-        terminalreporter.write_line(f"  {mutant:<30} {invariant or 'SURVIVED'}")
+        terminalreporter.write_line(f"  caught  {mutant:<30} {invariant or 'SURVIVED'}")
+    for variant, invariant in sorted(alarms.items()):
+        terminalreporter.write_line(f"  passed  {variant:<30} {invariant or 'no false alarm'}")

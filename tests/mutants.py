@@ -12,6 +12,7 @@ from __future__ import annotations
 import einops
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import Tensor, nn
 
 from shapetrace.testing.implementations import EinopsCrossAttention, SDPACrossAttention
@@ -168,6 +169,37 @@ class ResidualInsideAttention(Plain):
         return super().forward(x, context) + x  # BUG: the block's residual added twice
 
 
+# -- planted bugs in diffusers processors (for check_attn_processor) ------------------------
+class UnscaledProcessor:
+    """A hand-written processor that forgets the 1/sqrt(head_dim)."""
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+    ) -> Tensor:
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        b, heads = hidden_states.shape[0], attn.heads
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        q, k, v = (t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v))
+        mask = None if attention_mask is None else attention_mask.view(b, 1, 1, -1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        out = out.transpose(1, 2).reshape(b, -1, heads * q.shape[-1])
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class MaskIgnoringProcessor(AttnProcessor2_0):
+    """diffusers' SDPA processor, dropping the attention mask on the floor."""
+
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None
+    ):  # type: ignore[no-untyped-def]
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask=None)
+
+
 # -- correct variants -----------------------------------------------------------------------
 class QueryChunked(Plain):
     """Sliced attention (as diffusers' SlicedAttnProcessor): CHUNK queries at a time."""
@@ -184,10 +216,11 @@ class Float64Inside(Plain):
 
 
 class SoftmaxUpcast(Plain):
-    """Scores and softmax in float32 whatever the input dtype (diffusers' upcast_softmax)."""
+    """Softmax in at least float32 (diffusers' upcast_softmax): never a down-cast of float64."""
 
     def softmax(self, scores: Tensor) -> Tensor:
-        return scores.float().softmax(dim=-1).to(scores.dtype)
+        wide = torch.promote_types(scores.dtype, torch.float32)
+        return scores.to(wide).softmax(dim=-1).to(scores.dtype)
 
 
 class EinopsRearrange(Plain):
@@ -239,3 +272,9 @@ CORRECT = {
     "softmax_upcast": SoftmaxUpcast,
 }
 """Variants that compute exactly cross-attention, by other routes."""
+
+PROCESSOR_MUTANTS: dict[type, tuple[str, ...]] = {
+    UnscaledProcessor: ("scale",),
+    MaskIgnoringProcessor: ("masking",),
+}
+"""Planted bugs in diffusers attention processors, for ``check_attn_processor``."""

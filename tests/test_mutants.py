@@ -10,10 +10,10 @@ import re
 from collections.abc import Callable
 
 import pytest
-from mutants import CORRECT, MUTANTS
+from mutants import CORRECT, MUTANTS, PROCESSOR_MUTANTS
 from torch import nn
 
-from shapetrace.testing import InvariantViolation, check_attention_module
+from shapetrace.testing import InvariantViolation, check_attention_module, check_attn_processor
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -46,6 +46,20 @@ def test_planted_bug_is_caught_and_named_by_the_invariant_it_breaks(
     assert "falsifying example:" in message and "AttentionShapes(" in message
 
 
+@pytest.mark.parametrize("processor", list(PROCESSOR_MUTANTS), ids=lambda p: p.__name__)
+def test_planted_processor_bug_is_caught_and_named_by_check_attn_processor(
+    processor: type, mutation_board: dict[str, str | None]
+) -> None:
+    expected = "|".join(PROCESSOR_MUTANTS[processor])
+    mutation_board[processor.__name__] = None
+    with pytest.raises(AssertionError, match=rf"^({expected}): "):
+        try:
+            check_attn_processor(processor)
+        except InvariantViolation as err:
+            mutation_board[processor.__name__] = err.invariant
+            raise
+
+
 @pytest.mark.parametrize("name", list(CORRECT))
 def test_correct_variant_passes_every_invariant(
     name: str, false_alarms: dict[str, str | None]
@@ -63,11 +77,12 @@ def test_mutation_score_is_at_least_ten_kills_and_no_false_alarm(
     for name, factory in CORRECT.items():
         if name not in false_alarms:
             false_alarms[name] = _caught_invariant(factory)
-    killed = [m for m, inv in mutation_board.items() if inv is not None]
+    modules = {m.__name__ for m in MUTANTS}
+    killed = [m for m, inv in mutation_board.items() if inv is not None and m in modules]
     print(
         f"\nkill rate {len(killed)}/{len(MUTANTS)}, false alarms "
         f"{sum(v is not None for v in false_alarms.values())}/{len(CORRECT)}"
     )
     assert len(killed) >= MIN_KILLED
-    assert len(killed) == len(MUTANTS), f"survivors: {set(mutation_board) - set(killed)}"
+    assert len(killed) == len(MUTANTS), f"survivors: {modules - set(killed)}"
     assert not any(false_alarms.values()), false_alarms

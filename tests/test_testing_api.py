@@ -9,10 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-import torch.nn.functional as F
-from diffusers.models.attention_processor import AttnProcessor2_0
 from hypothesis import find, given, settings
-from mutants import NoScale, Plain, SoftmaxOverQueries
+from mutants import MaskIgnoringProcessor, NoScale, Plain, SoftmaxOverQueries, UnscaledProcessor
 from torch import Tensor, nn
 
 import shapetrace.testing as st_testing
@@ -264,46 +262,18 @@ def test_the_check_respects_settings_passed_to_it() -> None:
 
 
 # -- check_attn_processor --------------------------------------------------------------------
-class _UnscaledProcessor:
-    """A hand-written processor that forgets the 1/sqrt(head_dim)."""
-
-    def __call__(
-        self,
-        attn: nn.Module,
-        hidden_states: Tensor,
-        encoder_hidden_states: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        temb: Tensor | None = None,
-    ) -> Tensor:
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        b, heads = hidden_states.shape[0], attn.heads
-        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        q, k, v = (t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v))
-        mask = None if attention_mask is None else attention_mask.view(b, 1, 1, -1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-        out = out.transpose(1, 2).reshape(b, -1, heads * q.shape[-1])
-        return attn.to_out[1](attn.to_out[0](out))
-
-
-class _MaskIgnoringProcessor(AttnProcessor2_0):
-    def __call__(
-        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None
-    ):  # type: ignore[no-untyped-def]
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask=None)
-
-
 def test_a_processor_that_forgets_the_scale_is_named_by_scale() -> None:
     with pytest.raises(
-        AssertionError, match=r"(?s)^scale: .*checked: Attention with _UnscaledProcessor\(\)"
+        AssertionError, match=r"(?s)^scale: .*checked: Attention with UnscaledProcessor\(\)"
     ):
-        check_attn_processor(_UnscaledProcessor)
+        check_attn_processor(UnscaledProcessor)
 
 
 def test_a_processor_that_ignores_the_mask_is_named_by_masking() -> None:
     with pytest.raises(
         AssertionError, match=r"^masking: batch row \d+ with keys \[.*\] of M=\d+ masked"
     ):
-        check_attn_processor(_MaskIgnoringProcessor)
+        check_attn_processor(MaskIgnoringProcessor)
 
 
 # -- profiles --------------------------------------------------------------------------------

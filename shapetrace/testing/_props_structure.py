@@ -40,6 +40,17 @@ def _within(actual: Tensor, expected: Tensor, atol: float) -> tuple[bool, float]
     return math.isfinite(diff) and diff <= atol, diff
 
 
+def _rounding_hint(subject: AttentionSubject, diff: float, scale: Tensor) -> str:
+    """A hint when ``diff`` is tiny next to the values: rounding, not a wiring bug."""
+    size = float(scale.detach().abs().max()) if scale.numel() else 0.0
+    if math.isfinite(diff) and diff < 1e-3 * size:
+        return (
+            f" (a difference this small, {diff / size:.1e} of the output's size, is rounding: "
+            f"does the module compute in a lower precision than {subject.dtype}?)"
+        )
+    return ""
+
+
 def check_output_shape(subject: AttentionSubject) -> None:
     """forward(x, context) returns x's shape and dtype; the merged heads pass through to_out."""
     s = subject.shapes
@@ -90,7 +101,7 @@ def check_batch_independence(subject: AttentionSubject) -> None:
                 f"batch row {b} run alone differs from its slice of the batch-of-"
                 f"{subject.shapes.batch} run by {diff:.3g} (atol {atol:.2g}): rows of the batch "
                 "are mixed; a (B*H, N, d) layout must be batch-major (row b*H + h) on both the "
-                "split and the merge",
+                "split and the merge" + _rounding_hint(subject, diff, batched),
             )
 
 
@@ -145,7 +156,8 @@ def check_head_independence(subject: AttentionSubject) -> None:
             f"perturbing head {head}'s rows {head * d}..{(head + 1) * d - 1} of to_q, to_k and "
             f"to_v changed the attended channels of head(s) {hit} by up to {worst:.3g} "
             f"(atol {atol:.2g}): heads are split or merged across the wrong axis; split with "
-            "reshape(B, N, H, d).transpose(1, 2) and merge with its exact inverse",
+            "reshape(B, N, H, d).transpose(1, 2) and merge with its exact inverse"
+            + _rounding_hint(subject, worst, before),
         )
 
 
@@ -166,7 +178,8 @@ def check_query_permutation_equivariance(subject: AttentionSubject) -> None:
             subject,
             f"permuting the N={n} query tokens changed the output by {diff:.3g} beyond the same "
             f"permutation (atol {atol:.2g}): query tokens leak into each other (a head merge "
-            "that mixes tokens, a causal mask, chunks reassembled out of order)",
+            "that mixes tokens, a causal mask, chunks reassembled out of order)"
+            + _rounding_hint(subject, diff, out),
         )
 
 
@@ -193,7 +206,7 @@ def check_key_permutation_invariance(subject: AttentionSubject) -> None:
             subject,
             f"permuting the M={m} context tokens{with_mask} changed the output by {diff:.3g} "
             f"(atol {atol:.2g}): some key is treated by its position (dropped, truncated, "
-            "causally masked) rather than by its content",
+            "causally masked) rather than by its content" + _rounding_hint(subject, diff, out),
         )
 
 
@@ -217,7 +230,7 @@ def check_masking(subject: AttentionSubject) -> None:
                 subject,
                 f"batch row {b} with keys {dropped} of M={s.context_tokens} masked differs by "
                 f"{diff:.3g} (atol {atol:.2g}) from the same row run on the other keys alone: "
-                "masked keys still change the output",
+                "masked keys still change the output" + _rounding_hint(subject, diff, alone),
             )
     none_kept = keep.clone()
     none_kept[0] = False

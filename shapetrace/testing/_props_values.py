@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shapetrace.testing._subject import AttentionSubject, ProcessorSubject, violation
+from shapetrace.testing._subject import AttentionSubject, violation
 from shapetrace.testing.implementations import projection, split_heads
 from shapetrace.testing.strategies import random_key_mask
 from shapetrace.testing.tolerance import max_abs_diff
@@ -209,17 +209,11 @@ def check_reference_agreement(subject: AttentionSubject) -> None:
     atol = subject.atol(ref64.output, lowp.output)
     ok, diff = _within(out, ref64.output, atol)
     if not ok:
-        oracle = (
-            "diffusers' AttnProcessor on the same layer and weights, in float64"
-            if isinstance(subject, ProcessorSubject)
-            else "the float64 reference computed from the module's own to_q/to_k/to_v/to_out "
-            "weights"
-        )
         masked = " (with a key mask)" if mask is not None else ""
         raise violation(
             "reference_agreement",
             subject,
-            f"the output{masked} differs from {oracle} by {diff:.3g} (atol {atol:.2g})",
+            f"the output{masked} differs from {subject.oracle} by {diff:.3g} (atol {atol:.2g})",
         )
 
 

@@ -20,19 +20,15 @@ from shapetrace.testing._violation import InvariantViolation, ModuleContractErro
 from shapetrace.testing.implementations import (
     ProjectionWeights,
     ReferenceOutput,
-    build_diffusers_attention,
     projection,
     reference_attention,
 )
 from shapetrace.testing.strategies import AttentionShapes, random_tensor
 from shapetrace.testing.tolerance import calibrated_atol
 
-__all__ = ["AttentionSubject", "Capture", "ModuleSubject", "ProcessorSubject"]
+__all__ = ["AttentionSubject", "Capture", "ModuleSubject", "seed_projections", "violation"]
 
 _PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
-MASKED_SCORE = -10000.0
-"""What a masked key adds to its scores in diffusers' convention (the UNet turns a boolean
-``encoder_attention_mask`` into ``(1 - mask) * -10000.0``)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,7 @@ class Capture:
     merged: Tensor | None
 
 
-def _reinitialize(module: nn.Module, seed: int) -> None:
+def seed_projections(module: nn.Module, seed: int) -> None:
     """Seeded weights with std 1/sqrt(fan_in) and biases with std 0.5 for the projections,
     so scores are O(1): large enough to tell 1/sqrt(head_dim) from other scales."""
     generator = torch.Generator().manual_seed(seed + 7919)
@@ -62,6 +58,7 @@ class AttentionSubject:
     """Base: a module under test, its shapes, device and dtype. Subclasses say how to call it."""
 
     supports_mask = False
+    oracle = "the float64 reference computed from the module's own to_q/to_k/to_v/to_out weights"
 
     def __init__(
         self,
@@ -248,88 +245,9 @@ class ModuleSubject(AttentionSubject):
                 f"{label}: to_q gives {inner} features, not divisible by heads={shapes.heads}"
             )
         if reinitialize:
-            _reinitialize(module, shapes.seed)
+            seed_projections(module, shapes.seed)
         module.to(device=device, dtype=dtype).eval()
         return cls(module, shapes, device=device, dtype=dtype, label=label)
-
-
-class ProcessorSubject(AttentionSubject):
-    """A diffusers ``Attention`` running the processor under test, masks in diffusers'
-    additive convention; the oracle is the same layer on diffusers' ``AttnProcessor``."""
-
-    supports_mask = True
-
-    def _additive(self, mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-        if mask is None:
-            return None
-        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        return bias.masked_fill(~mask, MASKED_SCORE)[:, None, :]  # (B, 1, M)
-
-    def call(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
-        out: Tensor = self.module(
-            x, encoder_hidden_states=context, attention_mask=self._additive(mask, x.dtype)
-        )
-        return out
-
-    def reference(
-        self,
-        x: Tensor,
-        context: Tensor,
-        mask: Tensor | None = None,
-        *,
-        dtype: torch.dtype = torch.float64,
-    ) -> ReferenceOutput:
-        """The same layer and weights on diffusers' ``AttnProcessor``, in ``dtype``."""
-        oracle = build_diffusers_attention(
-            self.shapes.query_dim,
-            self.shapes.context_dim,
-            heads=self.heads,
-            head_dim=self.head_dim,
-            qkv_bias=projection(self.module, "to_q").bias is not None,
-        ).to(device=self.device, dtype=dtype)
-        self.weights(dtype).load_into(oracle)
-        seen: list[Tensor] = []
-        handle = projection(oracle, "to_out").register_forward_pre_hook(
-            lambda _m, args: seen.append(args[0].detach())
-        )
-        try:
-            with torch.no_grad():
-                output = oracle(
-                    x.to(dtype),
-                    encoder_hidden_states=context.to(dtype),
-                    attention_mask=self._additive(mask, dtype),
-                )
-        finally:
-            handle.remove()
-        return ReferenceOutput(output=output, merged=seen[-1])
-
-    @classmethod
-    def build(
-        cls,
-        processor_factory: Callable[[], Any],
-        shapes: AttentionShapes,
-        *,
-        device: str,
-        dtype: torch.dtype,
-        reinitialize: bool,
-    ) -> ProcessorSubject:
-        """A seeded ``Attention(query_dim, cross_attention_dim, heads, dim_head)`` with the
-        processor set; q/k/v biases on odd seeds (SD has none, other models do)."""
-        label = getattr(processor_factory, "__qualname__", None) or type(processor_factory).__name__
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(shapes.seed)
-            module = build_diffusers_attention(
-                shapes.query_dim,
-                shapes.context_dim,
-                heads=shapes.heads,
-                head_dim=shapes.head_dim,
-                processor=processor_factory(),
-                qkv_bias=shapes.seed % 2 == 1,
-            )
-        if reinitialize:
-            _reinitialize(module, shapes.seed)
-        module.to(device=device, dtype=dtype).eval()
-        return cls(module, shapes, device=device, dtype=dtype, label=f"Attention with {label}()")
 
 
 def violation(invariant: str, subject: AttentionSubject, detail: str) -> InvariantViolation:

@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from hypothesis import HealthCheck, example, given
+from hypothesis import HealthCheck, Phase, example, given
 from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from torch import nn
 
-from shapetrace.testing._subject import AttentionSubject, ModuleSubject, ProcessorSubject
+from shapetrace.testing._processor_subject import ProcessorSubject
+from shapetrace.testing._subject import AttentionSubject, ModuleSubject
 from shapetrace.testing._violation import InvariantViolation, ModuleContractError
 from shapetrace.testing.properties import Invariant, select_invariants
 from shapetrace.testing.strategies import AttentionShapes, attention_shapes
@@ -118,20 +119,17 @@ def _settings(max_examples: int | None, derandomize: bool, parent: Settings | No
         database=None,
         report_multiple_bugs=False,
         print_blob=False,
+        phases=tuple(p for p in Phase if p is not Phase.explain),  # explain: slow, noisy here
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
 
 
 def _falsifying_example(err: BaseException, shapes: AttentionShapes | None) -> str:
-    notes = [
-        n
-        for n in getattr(err, "__notes__", [])
-        if "example" in n.lower() or "test case" in n.lower()
-    ]
+    """Hypothesis' "Failing test case: ..." note, else the shapes."""
+    prefixes = ("Falsifying", "Failing")
+    notes = [n for n in getattr(err, "__notes__", []) if n.startswith(prefixes)]
     if notes:
-        return "\n".join(
-            n.split(": ", 1)[-1] if n.startswith(("Falsifying", "Failing")) else n for n in notes
-        )
+        return "\n".join(n.split(": ", 1)[-1] for n in notes)
     return f"shapes={shapes!r}"
 
 

@@ -20,13 +20,15 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import einops
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from shapetrace.testing._weights import ProjectionWeights, projection
 
 __all__ = [
     "ATTENDERS",
@@ -124,72 +126,6 @@ ATTENDERS: dict[str, Attender] = {"math": attend, "einops": einops_attend, "sdpa
 """The split-head attention implementations shapetrace ships, by name."""
 
 
-def projection(module: nn.Module, name: str) -> nn.Linear:
-    """``module.<name>`` as a Linear: the attribute itself, or the first item of a container
-    (diffusers' ``to_out`` is ``ModuleList([Linear, Dropout])``)."""
-    layer: Any = getattr(module, name, None)
-    if isinstance(layer, (nn.Sequential, nn.ModuleList)) and len(layer) > 0:
-        layer = layer[0]
-    if not isinstance(layer, nn.Linear):
-        found = "nothing" if layer is None else type(layer).__name__
-        raise TypeError(
-            f"{type(module).__name__}.{name} is {found}; the attention contract needs an "
-            f"nn.Linear (or a container whose first item is one) named {name}"
-        )
-    return layer
-
-
-@dataclass(frozen=True)
-class ProjectionWeights:
-    """The four projections' weights and biases (None where a Linear has no bias)."""
-
-    q_weight: Tensor
-    q_bias: Tensor | None
-    k_weight: Tensor
-    k_bias: Tensor | None
-    v_weight: Tensor
-    v_bias: Tensor | None
-    out_weight: Tensor
-    out_bias: Tensor | None
-
-    @classmethod
-    def from_module(
-        cls, module: nn.Module, *, dtype: torch.dtype = torch.float64
-    ) -> ProjectionWeights:
-        """Copies of ``module``'s to_q/to_k/to_v/to_out parameters, cast to ``dtype``."""
-        values: dict[str, Tensor | None] = {}
-        for short in ("q", "k", "v", "out"):
-            layer = projection(module, f"to_{short}")
-            values[f"{short}_weight"] = layer.weight.detach().to(dtype).clone()
-            bias = layer.bias
-            values[f"{short}_bias"] = None if bias is None else bias.detach().to(dtype).clone()
-        return cls(**values)  # type: ignore[arg-type]
-
-    def to(
-        self, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None
-    ) -> ProjectionWeights:
-        """The same weights on another dtype and/or device."""
-        moved = {
-            f.name: None
-            if (t := getattr(self, f.name)) is None
-            else t.to(device=device, dtype=dtype)
-            for f in fields(self)
-        }
-        return ProjectionWeights(**moved)  # type: ignore[arg-type]
-
-    def load_into(self, module: nn.Module) -> None:
-        """Copy these weights into ``module``'s projections (shapes and biases must match)."""
-        with torch.no_grad():
-            for short in ("q", "k", "v", "out"):
-                layer = projection(module, f"to_{short}")
-                layer.weight.copy_(getattr(self, f"{short}_weight"))
-                bias = getattr(self, f"{short}_bias")
-                if (bias is None) != (layer.bias is None):
-                    raise TypeError(f"to_{short}: one module has a bias and the other has not")
-                if bias is not None and layer.bias is not None:
-                    layer.bias.copy_(bias)
-
-
 @dataclass(frozen=True)
 class ReferenceOutput:
     """What :func:`reference_attention` returns: ``output`` (B, N, query_dim) and ``merged``,
@@ -221,13 +157,13 @@ def reference_attention(
     (torch.Size([1, 5, 16]), torch.Size([1, 5, 16]))
     """
     w = weights
-    q = split_heads(F.linear(x.to(w.q_weight.dtype), w.q_weight, w.q_bias), heads)  # (B, H, N, d)
-    k = split_heads(
-        F.linear(context.to(w.k_weight.dtype), w.k_weight, w.k_bias), heads
-    )  # (B, H, M, d)
-    v = split_heads(
-        F.linear(context.to(w.v_weight.dtype), w.v_weight, w.v_bias), heads
-    )  # (B, H, M, d)
+
+    def project(t: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return split_heads(F.linear(t.to(weight.dtype), weight, bias), heads)
+
+    q = project(x, w.q_weight, w.q_bias)  # (B, H, N, d)
+    k = project(context, w.k_weight, w.k_bias)  # (B, H, M, d)
+    v = project(context, w.v_weight, w.v_bias)  # (B, H, M, d)
     key_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M)
     merged = merge_heads(attend(q, k, v, scale=scale, mask=key_mask))  # (B, N, inner)
     return ReferenceOutput(output=F.linear(merged, w.out_weight, w.out_bias), merged=merged)
