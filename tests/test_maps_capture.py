@@ -94,11 +94,18 @@ def hand_aggregate(seen, row: int, heads: int = 8, latent=LATENT):
     return {key: torch.stack(maps).mean(dim=0) for key, maps in groups.items()}
 
 
-def test_captured_probabilities_equal_those_attn_processor_materializes(tiny):
+@pytest.fixture(scope="module")
+def materialized(tiny):
+    """One CFG forward under ``AttnProcessor``: the store and what get_attention_scores gave."""
     x, t, context = inputs(2)
     store = AttentionStore.for_batch(1, guidance=True, keep="all")
     with processor(tiny, AttnProcessor()), recorded_scores(tiny) as seen:
         forward(tiny, x, t, context, store)
+    return store, dict(seen)
+
+
+def test_captured_probabilities_equal_those_attn_processor_materializes(materialized):
+    store, seen = materialized
     assert len(seen) == 16 and all(len(calls) == 1 for calls in seen.values())
     for branch, row in (("cond", 1), ("uncond", 0)):
         for (place, res), expected in hand_aggregate(seen, row).items():
@@ -106,13 +113,11 @@ def test_captured_probabilities_equal_those_attn_processor_materializes(tiny):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_probabilities_derived_beside_fused_sdpa_equal_the_materialized_ones(tiny):
-    x, t, context = inputs(2)
+def test_probabilities_derived_beside_fused_sdpa_equal_the_materialized_ones(tiny, materialized):
+    _, seen = materialized
     derived = AttentionStore.for_batch(1, guidance=True)
     with processor(tiny, AttnProcessor2_0()):
-        forward(tiny, x, t, context, derived)
-    with processor(tiny, AttnProcessor()), recorded_scores(tiny) as seen:
-        forward(tiny, x, t, context)
+        forward(tiny, *inputs(2), store=derived)
     for (place, res), expected in hand_aggregate(seen, 1).items():
         got = derived.aggregate(res, (place,), select=0)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -78,12 +78,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _meta_layers(model: str, height: int, width: int, batch: int) -> list[Any]:
-    """One forward on ``meta``: every attention call with its resolution, at no cost."""
-    from shapetrace.models import build_model
+def _meta_layers(meta: Any, height: int, width: int, batch: int) -> list[Any]:
+    """One forward of a ``meta`` model: every attention call with its resolution, at no cost."""
     from shapetrace.trace import trace
 
-    meta = build_model(model, weights="meta", device="meta")
     args, kwargs = meta.inputs(height, width, batch)
     with torch.no_grad(), trace(meta.module, monitors=False) as journey:
         meta.module(*args, **kwargs)
@@ -121,33 +119,35 @@ def run(args: argparse.Namespace) -> int:
     from shapetrace.maps.export import write_outputs
     from shapetrace.maps.pipeline import build_chain, denoise
     from shapetrace.maps.text import tokenize
+    from shapetrace.models import build_model
 
-    console = Console(stderr=True, quiet=bool(getattr(args, "quiet", False)))
+    quiet = bool(getattr(args, "quiet", False))
     out = Console()
     if args.steps < 1:
         raise InputShapeError(f"--steps must be >= 1, got {args.steps}")
     tokens = tokenize(args.prompt)
-    chain = build_chain(
-        args.model, text_encoder=args.text_encoder, device=args.device, seed=args.seed
-    )
-    side = int(chain.unet.config.get("sample_size", 64)) * chain.unet.vae_scale_factor
+    meta = build_model(args.model, weights="meta", device="meta")  # shapes first, no weights
+    side = int(meta.config.get("sample_size", 64)) * meta.vae_scale_factor
     height, width = args.height or side, args.width or side
-    latent = chain.unet.latent_size(height, width)
+    latent = meta.latent_size(height, width)
     cfg = args.guidance > 1.0
     batch = 2 if cfg else 1
-    layers = _meta_layers(str(args.model), height, width, batch)
+    layers = _meta_layers(meta, height, width, batch)
     res = _pick_res(layers, args.res, latent)
     store = AttentionStore.for_batch(
         1, guidance=cfg, places=PLACES, resolutions=None if args.all_res else [res]
     )
     est = estimate_memory(store, layers, batch=batch)
     out.print(
-        f"[bold]maps[/] {chain.name} {height}x{width} (latent {latent[0]}x{latent[1]}), "
+        f"[bold]maps[/] {meta.name} {height}x{width} (latent {latent[0]}x{latent[1]}), "
         f"{args.steps} steps, guidance {args.guidance}, map {res[0]}x{res[1]}"
     )
     out.print(f"memory estimate: {est}")
     if tokens.truncated:
         out.print("[yellow]prompt truncated to 77 tokens[/]")
+    chain = build_chain(
+        args.model, text_encoder=args.text_encoder, device=args.device, seed=args.seed
+    )
     start = time.perf_counter()
     result = denoise(
         chain,
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         seed=args.seed,
         store=store,
-        progress=not console.quiet,
+        progress=not quiet,
     )
     maps = aggregate(store, res, ("up", "down"), True, select=0)
     settings = {
