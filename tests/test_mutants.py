@@ -13,7 +13,12 @@ import pytest
 from mutants import CORRECT, MUTANTS, PROCESSOR_MUTANTS
 from torch import nn
 
-from shapetrace.testing import InvariantViolation, check_attention_module, check_attn_processor
+from shapetrace.testing import (
+    InvariantViolation,
+    attention_shapes,
+    check_attention_module,
+    check_attn_processor,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,6 +49,18 @@ def test_planted_bug_is_caught_and_named_by_the_invariant_it_breaks(
     message = str(caught.value)
     assert re.search(r"shapes: B=\d+, N=\d+, M=\d+, query_dim=\d+", message)
     assert "falsifying example:" in message and "AttentionShapes(" in message
+
+
+@pytest.mark.parametrize("mutant", list(MUTANTS), ids=lambda m: m.__name__)
+def test_drawn_shapes_alone_catch_each_planted_bug_and_shrink_it_small(
+    mutant: type[nn.Module],
+) -> None:
+    expected = "|".join(MUTANTS[mutant])  # type: ignore[index]
+    with pytest.raises(AssertionError, match=rf"^({expected}): ") as caught:
+        check_attention_module(mutant, shapes=attention_shapes())  # no pinned shapes
+    shapes = caught.value.shapes  # type: ignore[attr-defined]
+    sizes = (shapes.query_tokens, shapes.context_tokens, shapes.query_dim, shapes.context_dim)
+    assert shapes.batch <= 2 and shapes.heads <= 2 and max(sizes) <= 8, shapes.describe()
 
 
 @pytest.mark.parametrize("processor", list(PROCESSOR_MUTANTS), ids=lambda p: p.__name__)
