@@ -14,6 +14,20 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
+def _same_device_and_dtype(where: str, what: str, t: torch.Tensor, weight: torch.Tensor) -> None:
+    """``t`` must sit on the weight's device (meta weights take anything) with its dtype."""
+    if weight.device.type != "meta" and t.device != weight.device:
+        raise InputShapeError(
+            f"{where}: {what} {_shape(t)} is on {t.device} but the weights are on "
+            f"{weight.device}; move both to one device (tensor.to({str(weight.device)!r}))."
+        )
+    if t.dtype != weight.dtype:
+        raise InputShapeError(
+            f"{where}: {what} {_shape(t)} is {t.dtype} but the weights are {weight.dtype}; "
+            f"cast it with .to({weight.dtype}) or the model with .to({t.dtype})."
+        )
+
+
 def validate_call(info: LayerInfo, x: torch.Tensor, context: torch.Tensor | None) -> None:
     """Raise InputShapeError naming the layer, the shapes and the fix."""
     where = f"layer {info.name!r} ({info.module_type})"
@@ -33,17 +47,7 @@ def validate_call(info: LayerInfo, x: torch.Tensor, context: torch.Tensor | None
                 f"{where} got input {_shape(x)} with width {width}, but to_q takes "
                 f"{to_q.in_features} channels; pass features of width {to_q.in_features}."
             )
-        weight = to_q.weight
-        if weight.device.type != "meta" and x.device != weight.device:
-            raise InputShapeError(
-                f"{where}: input is on {x.device} but the layer's weights are on "
-                f"{weight.device}; move both to one device (model.to(x.device))."
-            )
-        if x.dtype != weight.dtype:
-            raise InputShapeError(
-                f"{where}: input {_shape(x)} is {x.dtype} but the weights are {weight.dtype}; "
-                f"cast the input with .to({weight.dtype}) or the model with .to(dtype)."
-            )
+        _same_device_and_dtype(where, "input", x, to_q.weight)
     if context is None or context is x:
         return
     if context.dim() != 3:
@@ -67,17 +71,7 @@ def validate_call(info: LayerInfo, x: torch.Tensor, context: torch.Tensor | None
             "matches the model."
         )
     if to_k is not None:
-        weight = to_k.weight
-        if weight.device.type != "meta" and context.device != weight.device:
-            raise InputShapeError(
-                f"{where}: context is on {context.device} but the weights are on "
-                f"{weight.device}; move the text embeddings with .to({weight.device})."
-            )
-        if context.dtype != weight.dtype:
-            raise InputShapeError(
-                f"{where}: context {_shape(context)} is {context.dtype} but the weights are "
-                f"{weight.dtype}; cast it with .to({weight.dtype})."
-            )
+        _same_device_and_dtype(where, "context", context, to_k.weight)
 
 
 def _unet_config(model: torch.nn.Module) -> tuple[int, int] | None:
@@ -119,16 +113,7 @@ def validate_unet(
             f"{in_channels} (VAE latents), e.g. (1, {in_channels}, 64, 64)."
         )
     weight = getattr(model.conv_in, "weight")  # noqa: B009 - typed as Tensor | Module
-    if weight.device.type != "meta" and sample.device != weight.device:
-        raise InputShapeError(
-            f"{where}: latents are on {sample.device} but the weights are on {weight.device}; "
-            "move both to one device."
-        )
-    if sample.dtype != weight.dtype:
-        raise InputShapeError(
-            f"{where}: latents {_shape(sample)} are {sample.dtype} but the weights are "
-            f"{weight.dtype}; cast with .to({weight.dtype})."
-        )
+    _same_device_and_dtype(where, "latents", sample, weight)
     if not isinstance(context, torch.Tensor):
         raise InputShapeError(
             f"{where} got no encoder_hidden_states; pass text embeddings (B, 77, {cross})."
