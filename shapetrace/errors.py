@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "InputShapeError",
     "ModelLoadError",
+    "ModuleContractError",
     "NoAttentionLayersError",
     "ShapeTraceError",
     "TraceError",
@@ -39,3 +40,9 @@ class TraceError(ShapeTraceError, RuntimeError):
 class ModelLoadError(ShapeTraceError, OSError):
     """Raised when a model name is unknown or a local weights folder is missing, partial or
     not in a safe format."""
+
+
+class ModuleContractError(ShapeTraceError, TypeError):
+    """Raised by ``shapetrace.testing``'s checks when the factory's module does not follow
+    the contract (no ``to_q``/``to_k``/``to_v``/``to_out`` Linear, widths that do not match the
+    arguments it was built with), so its invariants cannot be checked at all."""

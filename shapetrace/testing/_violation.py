@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from shapetrace.errors import ShapeTraceError
+from shapetrace.errors import ModuleContractError
 
 if TYPE_CHECKING:
     from shapetrace.testing.strategies import AttentionShapes
@@ -64,8 +64,3 @@ class InvariantViolation(AssertionError):
         )
         return done
 
-
-class ModuleContractError(ShapeTraceError, TypeError):
-    """Raised by the checks when the factory's module does not follow the contract (no
-    ``to_q``/``to_k``/``to_v``/``to_out`` Linear, widths that do not match the arguments it
-    was built with), so its invariants cannot be checked at all."""
