@@ -35,9 +35,12 @@ def _first_linear(module: nn.Module | None) -> nn.Linear | None:
 
 
 def _has_projections(module: nn.Module) -> bool:
-    return (
-        all(isinstance(getattr(module, n, None), nn.Linear) for n in ("to_q", "to_k", "to_v"))
-        and _first_linear(getattr(module, "to_out", None)) is not None
+    children = module._modules  # a dict lookup: no AttributeError raised per module
+    if "to_q" not in children:
+        return False
+    projections = (children.get(n) for n in ("to_q", "to_k", "to_v"))
+    return all(isinstance(p, nn.Linear) for p in projections) and (
+        _first_linear(children.get("to_out")) is not None
     )
 
 
@@ -67,6 +70,12 @@ class LayerInfo:
         if self.family == "mha":
             return "multi_head_attention_forward"
         return f"{self.module_type}.forward"
+
+
+def _prefixes(name: str) -> list[str]:
+    """The proper dotted prefixes of a module name: "a.b.c" -> ["a", "a.b"]."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _place(name: str) -> str:
@@ -109,15 +118,15 @@ def find_attention_layers(model: nn.Module) -> list[LayerInfo]:
     """
     diffusers_types = _diffusers_attention_types()
     found: list[LayerInfo] = []
-    taken: list[str] = []
+    taken: set[str] = set()
     for name, module in model.named_modules():
-        if any(name.startswith(prefix + ".") for prefix in taken):
+        if taken and any(prefix in taken for prefix in _prefixes(name)):
             continue  # inside a layer already found: its forward is traced as part of that one
         family = _is_attention(module, diffusers_types)
         if family is None:
             continue
         shown = name or type(module).__name__
-        taken.append(name)
+        taken.add(name)
         to_out = _first_linear(getattr(module, "to_out", None))
         found.append(
             LayerInfo(
@@ -140,13 +149,8 @@ def find_attention_layers(model: nn.Module) -> list[LayerInfo]:
 
 def geometry_ancestors(model: nn.Module, layers: list[LayerInfo]) -> list[nn.Module]:
     """Modules that contain an attention layer: their 4-D inputs give the layers' geometry."""
-    paths = [info.path for info in layers]
+    paths = {info.path for info in layers}
     if "" in paths:
         return []
-    ancestors: list[nn.Module] = []
-    for name, module in model.named_modules():
-        if name in paths:
-            continue
-        if name == "" or any(p.startswith(name + ".") for p in paths):
-            ancestors.append(module)
-    return ancestors
+    enclosing = {"", *(prefix for path in paths for prefix in _prefixes(path))}
+    return [module for name, module in model.named_modules() if name in enclosing]
