@@ -213,3 +213,28 @@ def test_the_model_is_left_as_it_was_also_after_an_exception_in_capture(tiny):
     store = AttentionStore()
     forward(tiny, x, t, context, store)
     assert hook_count(tiny) == hooks and store.entries
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "levels"),
+    [
+        (512, 512, [(64, 64), (32, 32), (16, 16), (8, 8)]),
+        (768, 768, [(96, 96), (48, 48), (24, 24), (12, 12)]),
+        (256, 256, [(32, 32), (16, 16), (8, 8), (4, 4)]),
+        (512, 768, [(64, 96), (32, 48), (16, 24), (8, 12)]),
+    ],
+)
+def test_sd15_maps_are_keyed_by_geometry_at_any_size_and_match_the_estimate(height, width, levels):
+    from shapetrace.maps import estimate_memory
+
+    sd15 = build_model("sd15")  # meta: shapes only, no weights, no compute
+    args, kwargs = sd15.inputs(height, width, batch=2)
+    store = AttentionStore.for_batch(1, guidance=True)
+    with torch.no_grad(), shapetrace.trace(sd15.module, probes=[store], monitors=False) as j:
+        sd15.module(*args, **kwargs)
+    assert store.available()[("down", "cross")] == sorted(levels[:3])
+    assert store.available()[("up", "cross")] == sorted(levels[:3])
+    assert store.available()[("mid", "cross")] == [levels[3]]
+    assert {len(e.layers) for k, e in store.entries.items() if k[0] == "down"} == {2}
+    assert {len(e.layers) for k, e in store.entries.items() if k[0] == "up"} == {3}
+    assert estimate_memory(store, j.layers, batch=2).running == store.nbytes()

@@ -78,6 +78,13 @@ def test_non_square_sizes_pick_a_non_square_map(tmp_path):
     assert Image.open(tmp_path / "02_cat.png").size == (128, 64)
 
 
+def test_without_guidance_the_maps_come_from_the_single_conditional_row(tmp_path):
+    args = ["maps", "--prompt", "a cat", *TINY, "--guidance", "1", "--out", str(tmp_path)]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rows"] == ["row 0: single prompt 0 image 0"]
+
+
 def test_a_resolution_no_layer_has_is_one_line_naming_the_sizes(tmp_path, capsys):
     args = ["maps", "--prompt", "a cat", *TINY, "--res", "3", "--out", str(tmp_path)]
     assert main(args) == 2

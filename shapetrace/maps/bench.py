@@ -4,7 +4,8 @@
     python -m shapetrace.maps.bench memory --model tiny --steps 1 50
 
 ``overhead`` times one CFG forward (batch 2) plain, traced without probes, and captured with
-the default policy (cross, every resolution) and with one resolution; medians of ``--repeat``.
+the default policy (cross, every resolution) and with one resolution: medians of ``--repeat``
+interleaved runs, wall clock and process CPU time (steadier on a shared machine).
 ``memory`` runs the denoising loop in a fresh process per step count and reports the peak
 resident memory, the store's bytes and, for contrast, a prompt-to-prompt-style store that keeps
 every map of every step.
@@ -78,6 +79,7 @@ def _overhead(args: argparse.Namespace) -> dict[str, Any]:
         f"captured, cross at {res[0]}x{res[1]}": lambda: captured([res]),
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
     with torch.no_grad():
         for fn in cases.values():  # warm up
             fn()
@@ -85,14 +87,21 @@ def _overhead(args: argparse.Namespace) -> dict[str, Any]:
             for name, fn in cases.items():  # interleaved, so load changes hit all alike
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 fn()
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
     base = statistics.median(times["plain"])
+    base_cpu = statistics.median(cpu["plain"])
     return {
-        name: {"median_s": statistics.median(ts), "vs_plain": statistics.median(ts) / base}
+        name: {
+            "median_s": statistics.median(ts),
+            "vs_plain": statistics.median(ts) / base,
+            "cpu_median_s": statistics.median(cpu[name]),
+            "cpu_vs_plain": statistics.median(cpu[name]) / base_cpu,
+        }
         for name, ts in times.items()
     }
 
@@ -161,18 +170,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 50])
     p.add_argument("--one", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--kind", default="running", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.what == "_memory_one":
         print(json.dumps(_memory_one(args)))
         return 0
     if args.what == "overhead":
         result = _overhead(args)
         for name, r in result.items():
-            print(f"{name:40s} {r['median_s'] * 1000:8.1f} ms  x{r['vs_plain']:.2f}")
+            print(
+                f"{name:36s} wall {r['median_s'] * 1000:8.1f} ms x{r['vs_plain']:.2f}   "
+                f"cpu {r['cpu_median_s'] * 1000:8.1f} ms x{r['cpu_vs_plain']:.2f}"
+            )
     else:
         rows = _memory(args)
         for r in rows:

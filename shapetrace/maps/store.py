@@ -104,6 +104,10 @@ class MapSum:
 class AttentionStore:
     """A probe for ``shapetrace.trace`` that accumulates attention maps.
 
+    Rows: ``for_batch(P, guidance=True)`` labels the batch [uncond x P, cond x P]; then
+    ``aggregate(res, select=i)`` is prompt i's conditional row, never an unconditional one,
+    and a forward whose batch differs from the labels is refused naming the layer.
+
     Args:
         rows: labels of the UNet's batch rows (see ``batch_rows``); None labels each row
             "single" with prompt = row (no guidance).
