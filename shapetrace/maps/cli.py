@@ -127,6 +127,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputShapeError(f"--steps must be >= 1, got {args.steps}")
     tokens = tokenize(args.prompt)
     meta = build_model(args.model, weights="meta", device="meta")  # shapes first, no weights
+    if meta.family != "unet":
+        raise InputShapeError(
+            f"maps runs a diffusers UNet under a denoising loop; {meta.name!r} is a "
+            f"{meta.family} model. Use --model sd15, tiny or a local diffusers folder"
+        )
     side = int(meta.config.get("sample_size", 64)) * meta.vae_scale_factor
     height, width = args.height or side, args.width or side
     latent = meta.latent_size(height, width)

@@ -38,8 +38,9 @@ class MemoryEstimate:
     def __str__(self) -> str:
         return (
             f"capture: {self.policy}, {self.rows_kept} of {self.batch} rows, {self.layers} layer "
-            f"calls per step; running sums {format_bytes(self.running)} in {len(self.per_key)} "
-            f"maps (flat in steps); scratch per call up to {format_bytes(self.scratch)}"
+            f"calls per UNet forward; running sums {format_bytes(self.running)} in "
+            f"{len(self.per_key)} maps (flat in steps); scratch per call up to "
+            f"{format_bytes(self.scratch)}"
         )
 
 

@@ -202,7 +202,7 @@ class _progress:
             TimeElapsedColumn(),
         )
         self.bar.__enter__()
-        task = self.bar.add_task(f"denoising ({self.name})", total=self.total)
+        task = self.bar.add_task(f"{self.name}: UNet forwards", total=self.total)
         return lambda: self.bar.advance(task)
 
     def __exit__(self, *exc: object) -> None:
