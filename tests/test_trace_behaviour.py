@@ -236,3 +236,39 @@ def test_tiny_unet_traces_on_cuda_with_identical_output() -> None:
     assert torch.equal(plain, traced)
     assert journey.layers[0].device == "cuda" and all(layer.ok for layer in journey.layers)
     assert journey.cross[0].resolution == (8, 12)
+
+
+class _Refuses:
+    def on_attention(self, call) -> None:
+        q = tuple(call.query_heads.shape)
+        raise ShapeTraceError(f"probe refuses {call.layer.name} with q {q}")
+
+
+def test_an_exception_raised_by_a_probe_stops_the_forward_and_cleans_up(tiny) -> None:
+    unet, args, kwargs = tiny
+    refused = r"probe refuses down_blocks\.0.*attn1 with q \(2, 8, "
+    with pytest.raises(ShapeTraceError, match=refused):
+        with torch.no_grad(), shapetrace.trace(unet, probes=[_Refuses()]):
+            unet(*args, **kwargs)
+    assert hook_count(unet) == 0 and torch._C._len_torch_function_stack() == 0
+
+
+def test_probes_see_probabilities_that_sum_to_one_over_the_keys(tiny) -> None:
+    unet, args, kwargs = tiny
+    seen = []
+
+    class Collect:
+        def wants(self, layer) -> bool:
+            return layer.kind == "cross"
+
+        def on_attention(self, call) -> None:
+            seen.append((call.layer.name, call.compute_probs()))
+
+    with torch.no_grad(), shapetrace.trace(unet, probes=[Collect()]):
+        out = unet(*args, **kwargs).sample
+    assert len(seen) == 16 and all(name.endswith("attn2") for name, _ in seen)
+    for _, probs in seen:
+        assert probs.shape[:2] == (2, 8) and probs.shape[-1] == 77
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    with torch.no_grad():
+        assert torch.equal(out, unet(*args, **kwargs).sample)

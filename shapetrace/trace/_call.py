@@ -49,6 +49,14 @@ class AttentionCall:
             return scores.softmax(dim=-1)
 
 
+class ProbeFailed(Exception):
+    """Carries a probe's own exception out of the recorder, which re-raises it unchanged."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
 class Probe(Protocol):
     def on_attention(self, call: AttentionCall) -> None: ...
 
@@ -152,7 +160,10 @@ class CallState:
             probs=to_bhtd(probs, batch, heads) if probs is not None else None,
         )
         for probe in probes:
-            probe.on_attention(call)
+            try:
+                probe.on_attention(call)
+            except Exception as exc:
+                raise ProbeFailed(exc) from exc
 
     # -- the record ----------------------------------------------------------------------
     def resolution(self) -> tuple[int, int] | None:

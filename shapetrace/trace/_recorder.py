@@ -11,7 +11,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from shapetrace.trace import _monitors
-from shapetrace.trace._call import CallState
+from shapetrace.trace._call import CallState, ProbeFailed
 from shapetrace.trace._labels import Label
 
 __all__ = ["Recorder", "op_name"]
@@ -80,6 +80,8 @@ class Recorder(TorchFunctionMode):
             return out
         try:
             self._observe(name, args, kwargs, out)
+        except ProbeFailed as failed:  # the probe's error is the user's: it stops the forward
+            raise failed.original from None
         except Exception as exc:  # pragma: no cover - defensive, reported in the journey
             self.state.checks.append(
                 _monitors.Check("recorder", False, f"could not label op {name}: {exc}")
