@@ -1,15 +1,30 @@
-"""shapetrace: see and prove the tensor dimensions inside Stable Diffusion's attention."""
+"""shapetrace: see and prove the tensor dimensions inside Stable Diffusion's attention.
+
+>>> import shapetrace
+>>> journey = shapetrace.trace_model("sd15", height=256, width=256)   # doctest: +SKIP
+>>> journey.cross[0].shape("scores")                                  # doctest: +SKIP
+(1, 8, 1024, 77)
+
+The tracing entry points import torch on first use, so ``import shapetrace`` (and the CLI's
+``--help``) stays quick.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from shapetrace.errors import (
     InputShapeError,
     ModelLoadError,
+    ModuleContractError,
     NoAttentionLayersError,
     ShapeTraceError,
     TraceError,
 )
 from shapetrace.journey import Journey, LayerRecord, Stage
-from shapetrace.trace import AttentionCall, trace
-from shapetrace.trace.run import trace_model
+
+if TYPE_CHECKING:
+    from shapetrace.tracing import AttentionCall, trace, trace_model
 
 __version__ = "0.1.0"
 
@@ -19,6 +34,7 @@ __all__ = [
     "Journey",
     "LayerRecord",
     "ModelLoadError",
+    "ModuleContractError",
     "NoAttentionLayersError",
     "ShapeTraceError",
     "Stage",
@@ -26,3 +42,13 @@ __all__ = [
     "trace",
     "trace_model",
 ]
+
+_LAZY = {"trace", "trace_model", "AttentionCall"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from shapetrace import tracing
+
+        return getattr(tracing, name)
+    raise AttributeError(f"module 'shapetrace' has no attribute {name!r}")

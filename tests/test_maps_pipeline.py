@@ -91,13 +91,3 @@ def test_a_text_encoder_of_the_wrong_width_is_refused(tmp_path):
     with pytest.raises(ModelLoadError, match=r"hidden_size 64 does not match .* 768"):
         build_chain("sd15", text_encoder=tmp_path / "te", device="meta")
 
-
-def test_the_overhead_bench_runs_and_compares_against_the_plain_forward(capsys):
-    from shapetrace.maps.bench import main
-
-    assert (
-        main(["overhead", "--model", "tiny", "--height", "64", "--width", "64", "--repeat", "1"])
-        == 0
-    )
-    printed = capsys.readouterr().out
-    assert "plain" in printed and "captured, cross at 2x2" in printed

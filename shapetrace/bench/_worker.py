@@ -59,7 +59,7 @@ def preload() -> float:
     _ = diffusers.UNet2DConditionModel, diffusers.PNDMScheduler, transformers.CLIPTextModel
     import shapetrace.maps.pipeline
     import shapetrace.report
-    import shapetrace.trace  # noqa: F401
+    import shapetrace.tracing  # noqa: F401
 
     with contextlib.suppress(ImportError):  # without it, the torchinfo rows record the error
         import torchinfo  # noqa: F401

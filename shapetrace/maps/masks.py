@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from shapetrace.errors import InputShapeError
-from shapetrace.maps.aggregate import aggregate
+from shapetrace.maps.aggregation import aggregate
 from shapetrace.maps.store import AttentionStore
 
 __all__ = ["gaussian_kernel", "ledits_mask", "smooth", "token_mask"]

@@ -162,7 +162,7 @@ def denoise(
             if store is None:
                 noise = _forward(unet.module, batch, t, context)
             else:
-                from shapetrace.trace import trace
+                from shapetrace.tracing import trace
 
                 with trace(unet.module, probes=[store], monitors=False) as journey:
                     noise = _forward(unet.module, batch, t, context)

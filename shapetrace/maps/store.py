@@ -293,8 +293,8 @@ class AttentionStore:
         select: int = 0,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Prompt-to-prompt's aggregate; see ``shapetrace.maps.aggregate.aggregate``."""
-        from shapetrace.maps.aggregate import aggregate
+        """Prompt-to-prompt's aggregate; see ``shapetrace.maps.aggregation.aggregate``."""
+        from shapetrace.maps.aggregation import aggregate
 
         return aggregate(self, res, from_where, is_cross, select, **kwargs)
 

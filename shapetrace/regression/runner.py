@@ -19,7 +19,7 @@ DEFAULT_DIR = Path("reports/golden")
 
 
 def _trace_model() -> Callable[..., Journey]:
-    from shapetrace.trace.run import trace_model
+    from shapetrace.tracing.run import trace_model
 
     return trace_model
 

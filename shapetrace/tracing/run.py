@@ -6,7 +6,7 @@ import torch
 
 from shapetrace.errors import InputShapeError
 from shapetrace.journey import Journey
-from shapetrace.trace.tracer import trace
+from shapetrace.tracing.tracer import trace
 
 __all__ = ["PROCESSORS", "set_processor", "trace_model"]
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from shapetrace.trace._call import CallState
-from shapetrace.trace._discover import LayerInfo
+from shapetrace.tracing._call import CallState
+from shapetrace.tracing._discover import LayerInfo
 
 __all__ = ["mha_post", "mha_pre"]
 

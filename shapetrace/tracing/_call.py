@@ -9,9 +9,9 @@ from typing import Any, Protocol
 import torch
 
 from shapetrace.journey import STAGE_ORDER, Check, LayerRecord, Stage
-from shapetrace.trace._discover import LayerInfo
-from shapetrace.trace._labels import LabelTable
-from shapetrace.trace._normalize import heads_layout, to_bhtd
+from shapetrace.tracing._discover import LayerInfo
+from shapetrace.tracing._labels import LabelTable
+from shapetrace.tracing._normalize import heads_layout, to_bhtd
 
 __all__ = ["AttentionCall", "CallState", "Probe"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from shapetrace.errors import InputShapeError
-from shapetrace.trace._discover import LayerInfo
+from shapetrace.tracing._discover import LayerInfo
 
 __all__ = ["validate_call", "validate_unet"]
 

@@ -13,13 +13,13 @@ from torch.utils.hooks import RemovableHandle
 
 from shapetrace.errors import NoAttentionLayersError, ShapeTraceError, TraceError
 from shapetrace.journey import Check, Journey
-from shapetrace.trace import _monitors
-from shapetrace.trace._call import CallState, Probe
-from shapetrace.trace._discover import LayerInfo, find_attention_layers, geometry_ancestors
-from shapetrace.trace._labels import Label
-from shapetrace.trace._mha import mha_post, mha_pre
-from shapetrace.trace._recorder import Recorder
-from shapetrace.trace._validate import validate_call, validate_unet
+from shapetrace.tracing import _monitors
+from shapetrace.tracing._call import CallState, Probe
+from shapetrace.tracing._discover import LayerInfo, find_attention_layers, geometry_ancestors
+from shapetrace.tracing._labels import Label
+from shapetrace.tracing._mha import mha_post, mha_pre
+from shapetrace.tracing._recorder import Recorder
+from shapetrace.tracing._validate import validate_call, validate_unet
 
 __all__ = ["Tracer", "trace"]
 

@@ -15,7 +15,7 @@ import torch
 from shapetrace.journey import Check
 
 if TYPE_CHECKING:
-    from shapetrace.trace._call import CallState
+    from shapetrace.tracing._call import CallState
 
 __all__ = ["Check", "final_checks", "softmax_checks"]
 

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from shapetrace.trace import _monitors
-from shapetrace.trace._call import CallState, ProbeFailed
-from shapetrace.trace._labels import Label
+from shapetrace.tracing import _monitors
+from shapetrace.tracing._call import CallState, ProbeFailed
+from shapetrace.tracing._labels import Label
 
 __all__ = ["Recorder", "op_name"]
 
