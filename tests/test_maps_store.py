@@ -34,9 +34,14 @@ class FakeCall:
         self._probs = probs
         self.computed = 0
 
-    def compute_probs(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        self.computed += 1
-        return self._probs.to(dtype)
+    def compute_probs(
+        self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Like AttentionCall: materialized probabilities cost nothing; rows select."""
+        if self.probs is None:
+            self.computed += 1
+        probs = self._probs if rows is None else self._probs.index_select(0, rows)
+        return probs.to(dtype)
 
 
 def random_probs(b: int, h: int, n: int, m: int = 77, seed: int = 0) -> torch.Tensor:

@@ -262,7 +262,10 @@ def test_probes_see_probabilities_that_sum_to_one_over_the_keys(tiny) -> None:
             return layer.kind == "cross"
 
         def on_attention(self, call) -> None:
-            seen.append((call.layer.name, call.compute_probs()))
+            probs = call.compute_probs()
+            cond = call.compute_probs(rows=torch.tensor([1]))  # the conditional row alone
+            torch.testing.assert_close(cond, probs[1:2], rtol=0, atol=1e-6)
+            seen.append((call.layer.name, probs))
 
     with torch.no_grad(), shapetrace.trace(unet, probes=[Collect()]):
         out = unet(*args, **kwargs).sample

@@ -44,7 +44,9 @@ class _Call(Protocol):
     key_heads: torch.Tensor
     probs: torch.Tensor | None
 
-    def compute_probs(self, dtype: torch.dtype = ...) -> torch.Tensor: ...
+    def compute_probs(
+        self, dtype: torch.dtype = ..., rows: torch.Tensor | None = ...
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -197,14 +199,14 @@ class AttentionStore:
             )
         kept = self._kept_rows(b, layer.name)
         with torch.no_grad():
-            probs = call.probs if call.probs is not None else call.compute_probs(torch.float32)
-            if tuple(probs.shape) != (b, heads, n, m):
+            index = torch.tensor([r.row for r in kept], device=call.query_heads.device)
+            probs = call.compute_probs(torch.float32, rows=index)  # only the kept rows
+            if tuple(probs.shape) != (len(kept), heads, n, m):
                 raise ShapeTraceError(
-                    f"layer {layer.name!r}: probabilities {tuple(probs.shape)}, expected "
-                    f"(B, H, N, M) = {(b, heads, n, m)}"
+                    f"layer {layer.name!r}: probabilities {tuple(probs.shape)} for rows "
+                    f"{index.tolist()}, expected (R, H, N, M) = {(len(kept), heads, n, m)}"
                 )
-            index = torch.tensor([r.row for r in kept], device=probs.device)
-            summed = probs.index_select(0, index).to(torch.float32).sum(dim=1)  # (R, N, M)
+            summed = probs.sum(dim=1)  # (R, N, M)
             key: Key = (layer.place, layer.kind, (h, w))
             entry = self.entries.get(key)
             if entry is None:

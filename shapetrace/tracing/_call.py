@@ -33,19 +33,29 @@ class AttentionCall:
     mask: torch.Tensor | None = None
     probs: torch.Tensor | None = None
 
-    def compute_probs(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """softmax(q kᵀ · scale) over the keys, (B, H, N, M), computed beside the layer."""
-        if self.probs is not None:
-            return self.probs.to(dtype)
+    def compute_probs(
+        self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """softmax(q kᵀ · scale) over the keys, (B, H, N, M), computed beside the layer.
+
+        ``rows`` (a 1-D index of batch rows) computes only those rows, (R, H, N, M): under
+        classifier-free guidance a store that keeps the conditional half pays for half.
+        """
         with torch.no_grad():
-            q = self.query_heads.to(dtype)
-            k = self.key_heads.to(dtype)
-            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
-            if self.mask is not None:
-                if self.mask.dtype == torch.bool:
-                    scores = scores.masked_fill(~self.mask, float("-inf"))
+            if self.probs is not None:
+                probs = self.probs if rows is None else self.probs.index_select(0, rows)
+                return probs.to(dtype)
+            q, k, mask = self.query_heads, self.key_heads, self.mask
+            if rows is not None:
+                q, k = q.index_select(0, rows), k.index_select(0, rows)
+                if mask is not None and mask.dim() == 4 and mask.shape[0] > 1:
+                    mask = mask.index_select(0, rows)
+            scores = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * self.scale
+            if mask is not None:
+                if mask.dtype == torch.bool:
+                    scores = scores.masked_fill(~mask, float("-inf"))
                 else:
-                    scores = scores + self.mask.to(dtype)
+                    scores = scores + mask.to(dtype)
             return scores.softmax(dim=-1)
 
 
