@@ -3,6 +3,7 @@ a raw traceback from inside torch, and leaves the model with no hook and bit-ide
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -212,3 +213,33 @@ def test_the_cli_answers_bad_input_with_an_error_line_and_exit_2(argv, message) 
 def test_user_text_is_escaped_in_markdown() -> None:
     text = escape("a | b <script>alert(1)</script> `x`")
     assert "|" not in text.replace("\\|", "") and "<script>" not in text and "`x`" not in text
+
+
+def test_a_prompt_longer_than_77_tokens_is_refused_unless_truncation_is_asked(
+    tmp_path: Path, capsys
+) -> None:
+    from shapetrace.cli import main
+
+    prompt = " ".join(f"cat{i}" for i in range(60))  # about 120 BPE tokens
+    code = main(["maps", "--prompt", prompt, "--model", "tiny", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert "does not fit SD 1.5's 77-token window" in err[-1] and "--truncate" in err[-1]
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_prompt_with_markup_and_slashes_stays_inside_the_output_folder(tmp_path: Path) -> None:
+    import json
+
+    from shapetrace.cli import main
+
+    prompt = "[bold red]a cat[/] | <b>mat</b>"
+    code = main(
+        ["maps", "--prompt", prompt, "--model", "tiny", "--steps", "1", "--quiet",
+         "--out", str(tmp_path)]
+    )
+    assert code == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["prompt"] == prompt
+    written = list(tmp_path.iterdir())
+    assert all(p.is_file() and re.fullmatch(r"[\w.-]+", p.name) for p in written), written
+    assert any(p.name.endswith("_mat_b.png") for p in written)  # "<b>mat</b>" made safe

@@ -64,6 +64,14 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise InputShapeError(f"--steps must be >= 1, got {args.steps}")
     tokens = tokenize(args.prompt)
+    if tokens.truncated and not getattr(args, "truncate", False):
+        cut = next((i for i, t in enumerate(tokens.word_tokens) if not t), len(tokens.words) - 1)
+        raise InputShapeError(
+            f"the prompt has {len(tokens.words)} words and does not fit SD 1.5's 77-token "
+            f"window (75 text tokens between start and end of text): from word {cut + 1} "
+            f"({tokens.words[cut]!r}) on it would be cut. Shorten the prompt, or pass "
+            "--truncate to cut it as diffusers' pipelines do."
+        )
     meta = build_model(args.model, weights="meta", device="meta")  # shapes first, no weights
     if meta.family != "unet":
         raise InputShapeError(

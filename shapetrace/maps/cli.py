@@ -68,6 +68,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut a prompt longer than 77 tokens instead of refusing it",
+    )
     p.set_defaults(func=run)
     return p
 
