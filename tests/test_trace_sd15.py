@@ -141,3 +141,25 @@ def test_the_journey_round_trips_through_json() -> None:
     assert data["schema"] == "shapetrace.journey/1"
     keys = {"name", "kind", "place", "resolution", "processor", "heads", "head_dim", "stages"}
     assert keys <= set(data["layers"][0])
+
+
+@pytest.mark.slow
+def test_a_real_sd15_forward_on_cpu_is_unchanged_by_tracing_and_passes_every_check() -> None:
+    import torch
+
+    import shapetrace
+    from shapetrace.models import build_model
+
+    built = build_model("sd15", device="cpu", seed=0)
+    args, kwargs = built.inputs(256, 256, batch=2, seed=1)
+    with torch.no_grad():
+        plain = built.module(*args, **kwargs).sample
+        with shapetrace.trace(built.module) as journey:
+            traced = built.module(*args, **kwargs).sample
+    assert torch.equal(plain, traced)
+    assert len(journey.layers) == 32 and not journey.violations
+    names = {c.name for layer in journey.layers for c in layer.checks}
+    assert {"softmax_axis", "heads_x_head_dim", "scale", "finite"} <= names
+    for layer in journey.layers:
+        want = expected_stages(layer, 256, 256, batch=2)
+        assert {s.name: s.shape for s in layer.stages} == want, layer.name
