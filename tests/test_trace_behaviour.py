@@ -275,3 +275,17 @@ def test_probes_see_probabilities_that_sum_to_one_over_the_keys(tiny) -> None:
         torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
     with torch.no_grad():
         assert torch.equal(out, unet(*args, **kwargs).sample)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_the_finiteness_monitor_is_exact_even_when_the_sum_overflows(dtype) -> None:
+    from shapetrace.tracing._monitors import all_finite
+
+    big = torch.full((4096,), torch.finfo(dtype).max, dtype=dtype)  # finite, sum overflows
+    assert all_finite(big)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        x = torch.ones(7, 5, dtype=dtype)
+        x[3, 2] = bad
+        assert not all_finite(x)
+    mixed = torch.tensor([float("inf"), float("-inf")], dtype=dtype)  # sums to NaN
+    assert not all_finite(mixed)

@@ -178,7 +178,7 @@ class Tracer:
                 state.add("input", tuple(x.shape), op="layer input")
                 state.attach_geometry(tuple(x.shape))
                 has_values = x.device.type != "meta" and x.is_floating_point()
-                if self.monitors and has_values and not bool(torch.isfinite(x).all()):
+                if self.monitors and has_values and not _monitors.all_finite(x):
                     state.checks.append(Check("finite_input", False, "input has NaN or inf"))
             self._calls.append(state)
             if info.family != "mha":
