@@ -289,3 +289,29 @@ def test_the_finiteness_monitor_is_exact_even_when_the_sum_overflows(dtype) -> N
         assert not all_finite(x)
     mixed = torch.tensor([float("inf"), float("-inf")], dtype=dtype)  # sums to NaN
     assert not all_finite(mixed)
+
+
+def test_query_chunked_attention_reports_one_scale_not_one_per_chunk(tiny) -> None:
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    from tests.mutants import QueryChunked
+
+    module = QueryChunked(32, 16, 4)
+    with shapetrace.trace(module) as journey:
+        module(torch.randn(2, 23, 32), torch.randn(2, 7, 16))
+    (layer,) = journey.layers
+    assert layer.scale == pytest.approx(8**-0.5) and layer.ok, layer.checks
+
+    unet, args, kwargs = tiny
+    procs = unet.attn_processors
+    unet.set_attn_processor(SlicedAttnProcessor(slice_size=2))  # 2 of the 16 (batch x heads)
+    try:
+        with torch.no_grad(), shapetrace.trace(unet) as journey:
+            unet(*args, **kwargs)
+    finally:
+        unet.set_attn_processor(procs)
+    assert not journey.violations, journey.violations
+    layer = journey.cross[0]
+    assert layer.processor == "SlicedAttnProcessor"
+    assert layer.scale == pytest.approx(layer.head_dim**-0.5)
+    assert layer.stage("scores").raw_shape == (2, 64, 77)  # the first slice, as it ran

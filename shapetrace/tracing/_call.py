@@ -83,8 +83,7 @@ class CallState:
     labels: LabelTable = field(default_factory=LabelTable)
     stages: dict[str, Stage] = field(default_factory=dict)
     kind: str | None = None
-    scale: float = 1.0
-    scale_seen: bool = False
+    scale: float = 1.0  # of the first scores seen: scalars on q, k and the scores, and alpha
     sdpa_scale: float | None = None
     heads: int | None = None
     head_dim: int | None = None
@@ -160,6 +159,8 @@ class CallState:
         batch, heads = self.batch, self.heads
         if batch is None or heads is None:
             return
+        if self.q_raw.dim() == 3 and self.q_raw.shape[0] != batch * heads:
+            return  # a slice of the (B*H) axis: probes see whole calls only
         self.probed = True
         call = AttentionCall(
             layer=self._layer_view(),
@@ -194,7 +195,7 @@ class CallState:
     def effective_scale(self) -> float | None:
         if self.sdpa_scale is not None:
             return self.sdpa_scale
-        return self.scale if ("scores" in self.stages or self.scale_seen) else None
+        return self.scale if (self.pending_scores is not None or "scores" in self.stages) else None
 
     def finish(self) -> LayerRecord:
         order = [*STAGE_ORDER[:2], "tokens", *STAGE_ORDER[2:]]

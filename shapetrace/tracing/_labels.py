@@ -19,10 +19,11 @@ class Label:
     ops: tuple[str, ...] = ()
     parent_shape: tuple[int, ...] | None = None  # for kT: the key before the transpose
     parent: torch.Tensor | None = field(default=None, repr=False)
+    scale: float = 1.0  # scalars multiplied into this lineage (q, k or scores) so far
 
-    def then(self, op: str) -> Label:
+    def then(self, op: str, factor: float = 1.0) -> Label:
         ops = self.ops if len(self.ops) >= 8 else (*self.ops, op)
-        return Label(self.role, ops, self.parent_shape, self.parent)
+        return Label(self.role, ops, self.parent_shape, self.parent, self.scale * factor)
 
 
 class LabelTable:

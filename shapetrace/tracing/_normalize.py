@@ -14,6 +14,8 @@ def heads_layout(raw: Shape, batch: int | None, heads: int | None) -> tuple[Shap
 
     >>> heads_layout((16, 1024, 40), batch=2, heads=8)
     ((2, 8, 1024, 40), '(B*H, T, d) batch-major', 8)
+    >>> heads_layout((4, 1024, 40), batch=2, heads=8)[1]
+    '(B*H, T, d) batch-major, in slices of 4 rows'
     >>> heads_layout((2, 8, 1024, 40), batch=2, heads=8)
     ((2, 8, 1024, 40), '(B, H, T, d)', 8)
     """
@@ -22,6 +24,12 @@ def heads_layout(raw: Shape, batch: int | None, heads: int | None) -> tuple[Shap
             return (raw[0], raw[2], raw[1], raw[3]), "(B, T, H, d)", heads
         return raw, "(B, H, T, d)", raw[1]
     if len(raw) == 3 and batch:
+        if heads and raw[0] == batch * heads:
+            return (batch, heads, raw[1], raw[2]), "(B*H, T, d) batch-major", heads
+        if heads and raw[0] < batch * heads and (batch * heads) % raw[0] == 0:
+            # a processor that works on slices of the (B*H) axis (diffusers' sliced attention)
+            layout = f"(B*H, T, d) batch-major, in slices of {raw[0]} rows"
+            return (batch, heads, raw[1], raw[2]), layout, heads
         if raw[0] == batch:
             return (batch, 1, raw[1], raw[2]), "(B, T, d) one head", 1
         if raw[0] % batch == 0:

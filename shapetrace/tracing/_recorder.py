@@ -111,25 +111,23 @@ class Recorder(TorchFunctionMode):
         if len(roles) != 1:
             return
         label = seen[0][1]
-        if label.role in ("q", "k", "kT", "qk"):
-            factor = _scalar(args)
-            if factor is not None and name in _MUL_OPS:
-                self.state.scale *= factor
-                self.state.scale_seen = True
-            elif factor is not None and name in _DIV_OPS and factor != 0:
-                self.state.scale /= factor
-                self.state.scale_seen = True
+        factor = 1.0  # each lineage carries its own scale, so query chunks never compound
+        scalar = _scalar(args) if label.role in ("q", "k", "kT", "qk") else None
+        if scalar is not None and name in _MUL_OPS:
+            factor = scalar
+        elif scalar and name in _DIV_OPS:
+            factor = 1.0 / scalar
         outs = out if isinstance(out, (list, tuple)) else (out,)
         for item in outs:
             if not isinstance(item, torch.Tensor):
                 continue
-            new = label.then(name)
+            new = label.then(name, factor)
             first = seen[0][0]
             if label.role in ("k", "kT") and _swaps_last_two(name, args, first.dim()):
                 if label.role == "k":  # keep the key's own chain; the transpose is q kᵀ's
-                    new = Label("kT", label.ops, tuple(first.shape), first)
+                    new = Label("kT", label.ops, tuple(first.shape), first, new.scale)
                 else:
-                    new = Label("k", new.ops)
+                    new = Label("k", new.ops, scale=new.scale)
             self.state.labels.put(item, new)
 
     # -- the stages ----------------------------------------------------------------------
@@ -142,22 +140,26 @@ class Recorder(TorchFunctionMode):
         state.q_raw, state.k_raw = q, k
         state.add_heads("query_heads", q, _chain(q_label, "to_q"))
         state.add_heads("key_heads", k, _chain(k_label, "to_k"))
+        scale = q_label.scale * k_label.scale
         if name == "baddbmm":
-            alpha = kwargs.get("alpha", args[4] if len(args) > 4 else 1)
-            state.scale *= float(alpha)
-            state.scale_seen = True
-        state.pending_scores = (tuple(out.shape), name)
-        state.labels.put(out, Label("qk", (name,)))
+            scale *= float(kwargs.get("alpha", args[4] if len(args) > 4 else 1))
+        if state.pending_scores is None:
+            state.pending_scores = (tuple(out.shape), name)
+            state.scale = scale
+        state.labels.put(out, Label("qk", (name,), scale=scale))
 
     def _softmax(self, args, kwargs, out) -> None:
         state = self.state
         scores = args[0]
+        label = state.labels.get(scores)
+        if "probs" not in state.stages and label is not None:
+            state.scale = label.scale  # the scale of the scores that really entered softmax
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         ndim = scores.dim()
         axis = ndim - 1 if dim is None else int(dim) % ndim
         state.softmax_dim = axis - ndim
         made_by = state.pending_scores[1] if state.pending_scores else "scores"
-        scale = f" · {state.scale:.4g}" if state.scale_seen else ""
+        scale = f" · {state.scale:.4g}" if state.scale != 1.0 else ""
         state.add_pair("scores", tuple(scores.shape), f"{made_by}{scale}")
         state.add_pair("probs", tuple(out.shape), f"softmax(dim={axis - ndim})")
         state.labels.put(out, Label("p", ("softmax",)))
