@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import Tensor, nn
 
+from shapetrace.reference import CrossAttention
 from shapetrace.testing.implementations import EinopsCrossAttention, SDPACrossAttention
 
 CHUNK = 7  # query chunk size of the chunked variants: odd, below N=77 and N=203
@@ -278,3 +279,19 @@ PROCESSOR_MUTANTS: dict[type, tuple[str, ...]] = {
     MaskIgnoringProcessor: ("masking",),
 }
 """Planted bugs in diffusers attention processors, for ``check_attn_processor``."""
+
+
+# -- the modules shapetrace ships, as check_attention_module factories -----------------------
+def seed_reference(query_dim: int, context_dim: int, heads: int) -> nn.Module:
+    return CrossAttention(query_dim, context_dim, num_heads=heads)
+
+
+def einops_module(query_dim: int, context_dim: int, heads: int) -> nn.Module:
+    return EinopsCrossAttention(query_dim, context_dim, num_heads=heads)
+
+
+def sdpa_module(query_dim: int, context_dim: int, heads: int) -> nn.Module:
+    return SDPACrossAttention(query_dim, context_dim, num_heads=heads)
+
+
+SHIPPED = {"seed_reference": seed_reference, "einops": einops_module, "sdpa": sdpa_module}

@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from hypothesis import example, given
+from mutants import SHIPPED
 from torch import Tensor, nn
 
 from shapetrace.reference import CrossAttention, SpatialCrossAttention, cross_attention
@@ -156,21 +157,11 @@ class _SpatialOnTokens(nn.Module):
         return cross_attention(feature_map, context, self.inner).flatten(2).transpose(1, 2)
 
 
-def _seed(query_dim: int, context_dim: int, heads: int) -> nn.Module:
-    return CrossAttention(query_dim, context_dim, num_heads=heads)
-
-
-def _einops(query_dim: int, context_dim: int, heads: int) -> nn.Module:
-    return EinopsCrossAttention(query_dim, context_dim, num_heads=heads)
-
-
-def _sdpa(query_dim: int, context_dim: int, heads: int) -> nn.Module:
-    return SDPACrossAttention(query_dim, context_dim, num_heads=heads)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    "factory", [_seed, _einops, _sdpa], ids=["seed_reference", "einops", "sdpa"]
+    "factory", list(SHIPPED.values()), ids=list(SHIPPED)
 )
 def test_shipped_attention_module_passes_every_invariant(
     factory: Callable[[int, int, int], nn.Module],

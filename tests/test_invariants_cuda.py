@@ -15,6 +15,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from hypothesis import example, given
 from mutants import (
     CORRECT,
+    SHIPPED,
     KeysAndValuesSwapped,
     NoScale,
     SoftmaxOverQueries,
@@ -23,7 +24,6 @@ from mutants import (
 )
 from torch import nn
 
-from shapetrace.reference import CrossAttention
 from shapetrace.testing import (
     AttentionShapes,
     assert_close,
@@ -36,8 +36,6 @@ from shapetrace.testing import (
 )
 from shapetrace.testing.implementations import (
     ATTENDERS,
-    EinopsCrossAttention,
-    SDPACrossAttention,
     attend,
     attention_probs,
 )
@@ -58,21 +56,11 @@ PIN_ONE_QUERY = AttentionShapes(
 )
 
 
-def _seed(query_dim: int, context_dim: int, heads: int) -> nn.Module:
-    return CrossAttention(query_dim, context_dim, num_heads=heads)
-
-
-def _einops(query_dim: int, context_dim: int, heads: int) -> nn.Module:
-    return EinopsCrossAttention(query_dim, context_dim, num_heads=heads)
-
-
-def _sdpa(query_dim: int, context_dim: int, heads: int) -> nn.Module:
-    return SDPACrossAttention(query_dim, context_dim, num_heads=heads)
 
 
 @pytest.mark.parametrize("dtype", ALL)
 @pytest.mark.parametrize(
-    "factory", [_seed, _einops, _sdpa], ids=["seed_reference", "einops", "sdpa"]
+    "factory", list(SHIPPED.values()), ids=list(SHIPPED)
 )
 def test_shipped_module_passes_every_invariant_on_cuda(
     factory: Callable[[int, int, int], nn.Module], dtype: torch.dtype
