@@ -1,4 +1,5 @@
-"""Sessions: `nox` runs lint, typecheck, tests and regression (what CI runs).
+"""Sessions: `nox` runs lint, typecheck and tests (what CI runs; the tests include the golden
+journeys, which `nox -s regression` runs alone).
 
 Torch is installed first from SHAPETRACE_TORCH (default: the pinned CPU build, torch==2.13.0);
 set it to pick your own build, e.g. SHAPETRACE_TORCH="torch" for the newest release with CUDA.
@@ -10,7 +11,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "regression"]
+nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = False
 
@@ -60,7 +61,7 @@ def nightly(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "shapetrace", "tests", "noxfile.py")
+    session.run("ruff", "check", "shapetrace", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session
@@ -80,11 +81,11 @@ def trace(session: nox.Session) -> None:
 def regression(session: nox.Session) -> None:
     """Compare the golden journeys under reports/golden/; `-- --overwrite` rewrites them."""
     _install(session)
-    session.run("python", "-m", "shapetrace.regression", *session.posargs)
+    _pytest(session, "tests/test_golden.py", "-q", "-p", "no:cacheprovider")
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks written to reports/bench.json and reports/bench.md."""
     _install(session)
-    session.run("python", "-m", "shapetrace.bench", *session.posargs)
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -23,6 +23,20 @@ FALSE_ALARMS = pytest.StashKey[dict[str, str | None]]()
 """Correct variant -> the invariant wrongly reported (None: it passed), filled by test_mutants."""
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--overwrite",
+        action="store_true",
+        help="rewrite the golden journeys in reports/golden/ instead of comparing them",
+    )
+
+
+@pytest.fixture
+def overwrite(pytestconfig: pytest.Config) -> bool:
+    """Whether golden files are rewritten on purpose (``--overwrite``)."""
+    return bool(pytestconfig.getoption("--overwrite"))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     if profiles.active_profile() is None:  # plain `pytest`: fast and derandomized

@@ -1,4 +1,4 @@
-"""The bench: ``python -m shapetrace.bench --quick`` writes a JSON document whose ratios come
+"""The bench: ``python -m benchmarks --quick`` writes a JSON document whose ratios come
 from its raw samples, and a Markdown table with a row per benchmark. No timing is asserted."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from shapetrace.bench import SCHEMA, to_markdown
-from shapetrace.bench.__main__ import main
-from shapetrace.bench._markdown import fmt_value
-from shapetrace.bench._stats import Series, Target, compare
-from shapetrace.bench._worker import run_task
+from benchmarks import SCHEMA, to_markdown
+from benchmarks.__main__ import main
+from benchmarks._markdown import fmt_value
+from benchmarks._stats import Series, Target, compare
+from benchmarks._worker import run_task
 
 ROW_KEYS = {
     "id", "group", "title", "unit", "subject", "baseline", "ratio", "change_pct", "target",
@@ -34,7 +34,7 @@ QUICK_IDS = {
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     """One quick bench run through the CLI: its JSON document and its Markdown."""
     out = tmp_path_factory.mktemp("bench")
-    cmd = [sys.executable, "-m", "shapetrace.bench", "--quick", "--out", str(out)]
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()

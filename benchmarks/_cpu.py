@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from shapetrace.bench._interleave import interleave
-from shapetrace.bench._probes import timed
-from shapetrace.bench._settings import Settings
-from shapetrace.bench._stats import Series, Target, compare, median
+from benchmarks._interleave import interleave
+from benchmarks._probes import timed
+from benchmarks._settings import Settings
+from benchmarks._stats import Series, Target, compare, median
 
 __all__ = ["rows", "specs", "time_task"]
 

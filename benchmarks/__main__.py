@@ -1,4 +1,4 @@
-"""``python -m shapetrace.bench [--quick] [--out reports/] [--threads N]``."""
+"""``python -m benchmarks [--quick] [--out reports/] [--threads N]``."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from shapetrace.bench._settings import FULL, QUICK
-from shapetrace.bench._suite import run_bench
-from shapetrace.bench.report import write_reports
+from benchmarks._settings import FULL, QUICK
+from benchmarks._suite import run_bench
+from benchmarks.report import write_reports
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the bench, write bench.json and bench.md, print the Markdown; 0 on success."""
-    parser = argparse.ArgumentParser(prog="python -m shapetrace.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="fewer repetitions, one shared worker, no SD 1.5 on CPU")
     parser.add_argument("--out", type=Path, default=Path("reports"),

@@ -1,4 +1,4 @@
-"""The worker process: ``python -m shapetrace.bench._worker IN.json OUT.json``.
+"""The worker process: ``python -m benchmarks._worker IN.json OUT.json``.
 
 IN holds ``{"threads": n, "tasks": [{"task": name, "args": {...}}, ...]}``; OUT receives, after
 each task, the list of results so far, each ``{"task", "args", "seconds", ...}`` with the task's
@@ -20,7 +20,7 @@ __all__ = ["TASKS", "main", "run_task"]
 
 
 def _tasks() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-    from shapetrace.bench import _cpu, _maps, _meta
+    from benchmarks import _cpu, _maps, _meta
 
     return {
         "meta_time": _meta.time_task,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shapetrace.bench._probes import timed
+from benchmarks._probes import timed
 
 __all__ = ["interleave", "timings"]
 

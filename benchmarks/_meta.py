@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from shapetrace.bench._interleave import interleave
-from shapetrace.bench._probes import python_heap_peak, rss_peak, timed
-from shapetrace.bench._settings import Settings
-from shapetrace.bench._stats import Series, Target, compare
+from benchmarks._interleave import interleave
+from benchmarks._probes import python_heap_peak, rss_peak, timed
+from benchmarks._settings import Settings
+from benchmarks._stats import Series, Target, compare
 
 __all__ = ["memory_task", "rows", "specs", "time_task"]
 

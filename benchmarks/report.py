@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shapetrace.bench._markdown import to_markdown
+from benchmarks._markdown import to_markdown
 
 __all__ = ["write_reports"]
 

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shapetrace.bench import _cpu, _machine, _maps, _meta
-from shapetrace.bench._runner import run_specs
-from shapetrace.bench._settings import Settings
-from shapetrace.bench._stats import median
+from benchmarks import _cpu, _machine, _maps, _meta
+from benchmarks._runner import run_specs
+from benchmarks._settings import Settings
+from benchmarks._stats import median
 
 __all__ = ["SCHEMA", "run_bench"]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = ["run_specs"]
 
+_ROOT = Path(__file__).resolve().parent.parent
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -21,11 +22,13 @@ def _batch(
 ) -> list[dict[str, Any]]:
     """Run ``tasks`` in one worker; a failed or missing result becomes an error entry."""
     env = {**os.environ, **{v: str(threads) for v in _THREAD_VARS}, **extra_env}
+    # the worker imports `benchmarks` from the repository root, wherever the bench was run from
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(_ROOT), env.get("PYTHONPATH"))))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory(prefix="shapetrace-bench-") as tmp:
         src, dst = Path(tmp) / "in.json", Path(tmp) / "out.json"
         src.write_text(json.dumps({"threads": threads, "tasks": tasks}))
-        cmd = [sys.executable, "-m", "shapetrace.bench._worker", str(src), str(dst)]
+        cmd = [sys.executable, "-m", "benchmarks._worker", str(src), str(dst)]
         try:
             proc = subprocess.run(
                 cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False

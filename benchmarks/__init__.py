@@ -1,4 +1,4 @@
-"""``python -m shapetrace.bench``: what tracing costs, measured side by side.
+"""``python -m benchmarks``: what tracing costs, measured side by side.
 
 1. The SD 1.5 journey on ``meta`` against ``torchinfo.summary`` (time, peak memory).
 2. A real CPU forward traced against untraced (tiny UNet, SD 1.5 at 256x256).
@@ -9,9 +9,9 @@
 (PosixPath('reports/bench.json'), PosixPath('reports/bench.md'))
 """
 
-from shapetrace.bench._markdown import to_markdown
-from shapetrace.bench._settings import FULL, QUICK, Settings
-from shapetrace.bench._suite import SCHEMA, run_bench
-from shapetrace.bench.report import write_reports
+from benchmarks._markdown import to_markdown
+from benchmarks._settings import FULL, QUICK, Settings
+from benchmarks._suite import SCHEMA, run_bench
+from benchmarks.report import write_reports
 
 __all__ = ["FULL", "QUICK", "SCHEMA", "Settings", "run_bench", "to_markdown", "write_reports"]

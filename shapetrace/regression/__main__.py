@@ -1,5 +1,0 @@
-import sys
-
-from shapetrace.regression.runner import main
-
-sys.exit(main())
