@@ -34,14 +34,21 @@ class AttentionCall:
     probs: torch.Tensor | None = None
 
     def compute_probs(
-        self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None
+        self,
+        dtype: torch.dtype = torch.float32,
+        rows: torch.Tensor | None = None,
+        *,
+        grad: bool = False,
     ) -> torch.Tensor:
         """softmax(q kᵀ · scale) over the keys, (B, H, N, M), computed beside the layer.
 
         ``rows`` (a 1-D index of batch rows) computes only those rows, (R, H, N, M): under
         classifier-free guidance a store that keeps the conditional half pays for half.
+        ``grad=True`` keeps the autograd graph back to q and k (and so to the latents and the
+        model's weights) when the forward runs with gradients enabled, for losses on the maps
+        (Attend-and-Excite, Break-a-Scene); by default nothing is recorded for autograd.
         """
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             if self.probs is not None:
                 probs = self.probs if rows is None else self.probs.index_select(0, rows)
                 return probs.to(dtype)
