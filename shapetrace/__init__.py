@@ -24,7 +24,8 @@ from shapetrace.errors import (
 from shapetrace.journey import Journey, LayerRecord, Stage
 
 if TYPE_CHECKING:
-    from shapetrace.tracing import AttentionCall, trace, trace_model
+    from shapetrace.run import trace_model
+    from shapetrace.tracing import AttentionCall, trace
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,10 @@ _LAZY = {"trace", "trace_model", "AttentionCall"}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "trace_model":
+        from shapetrace.run import trace_model
+
+        return trace_model
     if name in _LAZY:
         from shapetrace import tracing
 

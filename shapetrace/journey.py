@@ -1,109 +1,108 @@
-"""The dimension journey: what one attention call did, stage by stage, and its JSON form.
+"""The dimension journey: what each attention call did, stage by stage, and its JSON form.
 
-Shapes are recorded in one normalized layout: token tensors (B, N|M, C), head tensors
-(B, H, N|M, d), scores and probabilities (B, H, N, M). Where the code that ran used another
-layout (diffusers' ``AttnProcessor`` folds heads into the batch, (B*H, N, d)), the stage keeps
-that as ``raw_shape`` and ``layout``.
+Shapes are recorded in one normalized layout (see ``shapetrace.stages``): token tensors
+(B, N|M, C), head tensors (B, H, N|M, d), scores and probabilities (B, H, N, M). Where the code
+that ran used another layout (diffusers' ``AttnProcessor`` folds heads into the batch,
+(B*H, N, d)), the stage keeps that as ``raw_shape`` and ``layout``.
+
+A layer's ``kind`` says where its keys came from: ``self`` (its own tokens), ``cross`` (other
+tokens, e.g. text) or ``joint`` (one softmax over its own tokens and the text's, as in SD3,
+Flux and added-KV UNets). ``segments`` give the token runs of queries and keys in the model's
+own order; ``branches`` hold a layer's further attention computations (an IP-Adapter's
+image-prompt attention).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from shapetrace.errors import ShapeTraceError
+from shapetrace.stages import STAGE_ORDER, Check, Segment, Stage
 
-__all__ = ["SCHEMA", "STAGE_ORDER", "Check", "Journey", "LayerRecord", "Stage"]
+__all__ = [
+    "CROSS_KINDS",
+    "SCHEMA",
+    "STAGE_ORDER",
+    "Branch",
+    "Check",
+    "Journey",
+    "LayerRecord",
+    "NotUnderstood",
+    "Segment",
+    "Stage",
+]
 
 SCHEMA = "shapetrace.journey/1"
-
-#: The stage names of the JSON contract, in the order a layer goes through them.
-STAGE_ORDER: tuple[str, ...] = (
-    "feature_map",
-    "input",
-    "context",
-    "query",
-    "key",
-    "value",
-    "query_heads",
-    "key_heads",
-    "value_heads",
-    "scores",
-    "probs",
-    "attended",
-    "merged",
-    "output",
-)
+#: Kinds whose queries attend to text: their image-query x text-key block is a cross map.
+CROSS_KINDS = ("cross", "joint")
 
 Shape = tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One named step of a layer's journey.
+def _stage(stages: Sequence[Stage], owner: str, name: str) -> Stage:
+    for s in stages:
+        if s.name == name:
+            return s
+    have = ", ".join(s.name for s in stages)
+    raise KeyError(f"{owner} has no stage {name!r}; it has: {have}")
 
-    ``shape`` is in the normalized layout; ``raw_shape`` is what the op really produced when
-    that differs. ``derived`` marks a stage computed beside the layer rather than seen (the
-    scores and probabilities of fused SDPA, which never materializes them).
-    """
+
+def _segments_to_dict(segments: dict[str, tuple[Segment, ...]]) -> dict[str, Any]:
+    return {axis: [s.to_dict() for s in segs] for axis, segs in segments.items()}
+
+
+def _segments_from_dict(data: dict[str, Any] | None) -> dict[str, tuple[Segment, ...]]:
+    return {axis: tuple(Segment.from_dict(s) for s in segs) for axis, segs in (data or {}).items()}
+
+
+@dataclass
+class Branch:
+    """A further attention computation inside one layer call, with its own keys and values:
+    an IP-Adapter's attention over image-prompt tokens is branch ``"ip"`` beside the text's."""
 
     name: str
-    shape: Shape
-    op: str = ""
-    raw_shape: Shape | None = None
-    layout: str = ""
-    derived: bool = False
-    note: str = ""
+    kind: str
+    stages: list[Stage] = field(default_factory=list)
+    segments: dict[str, tuple[Segment, ...]] = field(default_factory=dict)
+    scale: float | None = None
+
+    def stage(self, name: str) -> Stage:
+        return _stage(self.stages, f"branch {self.name!r}", name)
+
+    def shape(self, name: str) -> Shape:
+        return self.stage(name).shape
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "shape": list(self.shape)}
-        if self.op:
-            out["op"] = self.op
-        if self.raw_shape is not None and self.raw_shape != self.shape:
-            out["raw_shape"] = list(self.raw_shape)
-        if self.layout:
-            out["layout"] = self.layout
-        if self.derived:
-            out["derived"] = True
-        if self.note:
-            out["note"] = self.note
-        return out
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "scale": self.scale,
+            "segments": _segments_to_dict(self.segments),
+            "stages": [s.to_dict() for s in self.stages],
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Stage:
-        raw = data.get("raw_shape")
+    def from_dict(cls, data: dict[str, Any]) -> Branch:
         return cls(
             name=data["name"],
-            shape=tuple(data["shape"]),
-            op=data.get("op", ""),
-            raw_shape=tuple(raw) if raw is not None else None,
-            layout=data.get("layout", ""),
-            derived=bool(data.get("derived", False)),
-            note=data.get("note", ""),
+            kind=data["kind"],
+            stages=[Stage.from_dict(s) for s in data.get("stages", [])],
+            segments=_segments_from_dict(data.get("segments")),
+            scale=data.get("scale"),
         )
-
-
-@dataclass(frozen=True)
-class Check:
-    """A runtime monitor's verdict on one layer call (softmax axis, row sums, scale, ...)."""
-
-    name: str
-    ok: bool
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
 class LayerRecord:
-    """One call of one attention layer."""
+    """One call of one attention layer (or, when recorded once per input signature, every
+    call of that signature: ``calls`` counts them)."""
 
     name: str
-    kind: str  # "cross" | "self"
-    place: str  # "down" | "mid" | "up" | "text" | "model"
+    kind: str  # "self" | "cross" | "joint"
+    place: str  # "down" | "mid" | "up" | "transformer" | "single" | "text" | "model"
     resolution: tuple[int, int] | None
     processor: str
     heads: int
@@ -115,14 +114,13 @@ class LayerRecord:
     dtype: str = ""
     device: str = ""
     checks: list[Check] = field(default_factory=list)
+    segments: dict[str, tuple[Segment, ...]] = field(default_factory=dict)
+    branches: list[Branch] = field(default_factory=list)
+    calls: int = 1
 
     def stage(self, name: str) -> Stage:
         """The stage called ``name``; raises ``KeyError`` naming the stages there are."""
-        for s in self.stages:
-            if s.name == name:
-                return s
-        have = ", ".join(s.name for s in self.stages)
-        raise KeyError(f"layer {self.name!r} has no stage {name!r}; it has: {have}")
+        return _stage(self.stages, f"layer {self.name!r}", name)
 
     def has(self, name: str) -> bool:
         return any(s.name == name for s in self.stages)
@@ -130,22 +128,40 @@ class LayerRecord:
     def shape(self, name: str) -> Shape:
         return self.stage(name).shape
 
+    def branch(self, name: str) -> Branch:
+        for b in self.branches:
+            if b.name == name:
+                return b
+        have = ", ".join(b.name for b in self.branches) or "none"
+        raise KeyError(f"layer {self.name!r} has no branch {name!r}; branches: {have}")
+
+    def _count(self, axis: str, sources: tuple[str, ...]) -> int | None:
+        segs = self.segments.get(axis)
+        if not segs:
+            return None
+        return sum(s.tokens for s in segs if s.source in sources)
+
     @property
     def tokens(self) -> int:
-        """N, the number of query tokens."""
-        return self.shape("query")[1]
+        """N, the number of the layer's own query tokens (image tokens in joint attention)."""
+        own = self._count("query", ("hidden",))
+        return own if own else self.shape("query")[1]
 
     @property
     def context_tokens(self) -> int:
-        """M, the number of key/value tokens."""
-        return self.shape("key")[1]
+        """M, the number of key tokens from the text (all key tokens in self-attention)."""
+        text = self._count("key", ("context",))
+        if text:
+            return text
+        keys = self._count("key", ("hidden", "context", "ip", "other"))
+        return keys if keys else self.shape("key")[1]
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "kind": self.kind,
             "place": self.place,
@@ -155,12 +171,17 @@ class LayerRecord:
             "head_dim": self.head_dim,
             "module_type": self.module_type,
             "call": self.call,
+            "calls": self.calls,
             "scale": self.scale,
             "dtype": self.dtype,
             "device": self.device,
+            "segments": _segments_to_dict(self.segments),
             "stages": [s.to_dict() for s in self.stages],
             "checks": [c.to_dict() for c in self.checks],
         }
+        if self.branches:
+            out["branches"] = [b.to_dict() for b in self.branches]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerRecord:
@@ -180,7 +201,23 @@ class LayerRecord:
             dtype=data.get("dtype", ""),
             device=data.get("device", ""),
             checks=[Check(**c) for c in data.get("checks", [])],
+            segments=_segments_from_dict(data.get("segments")),
+            branches=[Branch.from_dict(b) for b in data.get("branches", [])],
+            calls=int(data.get("calls", 1)),
         )
+
+
+@dataclass(frozen=True)
+class NotUnderstood:
+    """A layer shapetrace hooked but could not read as attention, and why. It is listed here
+    instead of being given a guessed label."""
+
+    name: str
+    module_type: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "module_type": self.module_type, "reason": self.reason}
 
 
 @dataclass
@@ -191,6 +228,12 @@ class Journey:
     ...     unet(latents, t, encoder_hidden_states=text)
     >>> journey.cross[0].shape("scores")                 # doctest: +SKIP
     (1, 8, 4096, 77)
+
+    ``not_understood`` lists the layers that ran but could not be read as attention (for
+    example attention computed inside an op shapetrace cannot see), by name and reason.
+    ``skipped`` counts calls left out on purpose: ``other_threads`` (the model run by another
+    thread during the trace) and ``recomputes`` (gradient checkpointing re-running forwards
+    during backward).
     """
 
     layers: list[LayerRecord] = field(default_factory=list)
@@ -200,6 +243,8 @@ class Journey:
     batch: int | None = None
     device: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    not_understood: list[NotUnderstood] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[LayerRecord]:
         return iter(self.layers)
@@ -209,7 +254,12 @@ class Journey:
 
     @property
     def cross(self) -> list[LayerRecord]:
-        return [layer for layer in self.layers if layer.kind == "cross"]
+        """Layers whose queries attend to text: ``cross`` and ``joint`` kinds."""
+        return [layer for layer in self.layers if layer.kind in CROSS_KINDS]
+
+    @property
+    def joint(self) -> list[LayerRecord]:
+        return [layer for layer in self.layers if layer.kind == "joint"]
 
     @property
     def self_attention(self) -> list[LayerRecord]:
@@ -223,10 +273,11 @@ class Journey:
         names: Sequence[str] | None = None,
         contains: str | None = None,
     ) -> list[LayerRecord]:
-        """Layers filtered by kind, place, exact names or a substring of the name."""
+        """Layers filtered by kind (``"cross"`` includes joint), place, exact names or a
+        substring of the name."""
         out = []
         for layer in self.layers:
-            if kind is not None and layer.kind != kind:
+            if kind is not None and not _kind_matches(layer.kind, kind):
                 continue
             if place is not None and layer.place != place:
                 continue
@@ -256,11 +307,13 @@ class Journey:
             "batch": self.batch,
             "device": self.device,
             "meta": self.meta,
+            "skipped": dict(self.skipped),
+            "not_understood": [n.to_dict() for n in self.not_understood],
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Journey:
@@ -276,8 +329,14 @@ class Journey:
             batch=data.get("batch"),
             device=data.get("device", ""),
             meta=data.get("meta", {}),
+            not_understood=[NotUnderstood(**n) for n in data.get("not_understood", [])],
+            skipped={str(k): int(v) for k, v in data.get("skipped", {}).items()},
         )
 
     @classmethod
     def from_json(cls, text: str) -> Journey:
         return cls.from_dict(json.loads(text))
+
+
+def _kind_matches(kind: str, wanted: str) -> bool:
+    return kind == wanted or (wanted == "cross" and kind in CROSS_KINDS)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shapetrace.tracing import trace_model
+from shapetrace.run import trace_model
 from tests.golden import CASES, GOLDEN_DIR, Case, compare_file, diff_table, write_file
 
 SD15_256 = next(c for c in CASES if c.name == "sd15-256-b1")

@@ -1,16 +1,7 @@
 """Tracing: the dimension journey of every attention call of a model."""
 
-from shapetrace.tracing._call import AttentionCall, Probe
 from shapetrace.tracing._discover import LayerInfo, find_attention_layers
-from shapetrace.tracing.run import trace_model
+from shapetrace.tracing._probe import AttentionCall, Probe
 from shapetrace.tracing.tracer import Tracer, trace
 
-__all__ = [
-    "AttentionCall",
-    "LayerInfo",
-    "Probe",
-    "Tracer",
-    "find_attention_layers",
-    "trace",
-    "trace_model",
-]
+__all__ = ["AttentionCall", "LayerInfo", "Probe", "Tracer", "find_attention_layers", "trace"]

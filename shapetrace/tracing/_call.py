@@ -1,81 +1,86 @@
-"""The bookkeeping of one attention call: stages as they are seen, then a LayerRecord."""
+"""The bookkeeping of one attention call: projections and score computations as they are
+seen, then the ``LayerRecord``.
+
+Every linear projection of the layer's tokens gets a lineage id. A score op (q kᵀ, or fused
+SDPA) opens a *branch* keyed by the lineages of its query and key: the first branch is the
+layer's attention, later ones with other keys are further attention computations of the same
+layer (an IP-Adapter's image prompt). Which projection was the query, key or value is read off
+the branch, never off attribute names; so is the kind, from the sources of the keys' tokens.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from shapetrace.journey import STAGE_ORDER, Check, LayerRecord, Stage
+from shapetrace.journey import Branch, LayerRecord
+from shapetrace.stages import Check, Segment, Stage
 from shapetrace.tracing._discover import LayerInfo
-from shapetrace.tracing._labels import LabelTable
-from shapetrace.tracing._normalize import heads_layout, to_bhtd
+from shapetrace.tracing._flow import segments_sources
+from shapetrace.tracing._geometry import Grid
+from shapetrace.tracing._heads import heads_layout
+from shapetrace.tracing._naming import branch_name, kind_of, projection_stages
 
-__all__ = ["AttentionCall", "CallState", "Probe"]
+__all__ = ["BranchState", "CallState", "Projection"]
 
 Shape = tuple[int, ...]
 
 
 @dataclass
-class AttentionCall:
-    """What a probe sees of one attention call, once its probabilities are known or derivable.
+class Projection:
+    """One linear projection seen inside the call (or one piece of a fused one)."""
 
-    ``query_heads`` (B, H, N, d) and ``key_heads`` (B, H, M, d) are views of the tensors that
-    entered the score computation; ``probs`` is (B, H, N, M) when the code materialized them.
-    """
+    id: int
+    name: str
+    in_features: int
+    out_features: int
+    shape: Shape
+    segments: tuple[Segment, ...] | None
+    parent: int | None = None
+    piece: int = 0
+    pieces: int = 1
+    in_shape: Shape = ()
 
-    layer: LayerRecord
-    query_heads: torch.Tensor
-    key_heads: torch.Tensor
-    scale: float
-    mask: torch.Tensor | None = None
-    probs: torch.Tensor | None = None
+    @property
+    def sources(self) -> frozenset[str]:
+        return segments_sources(self.segments)
 
-    def compute_probs(
-        self,
-        dtype: torch.dtype = torch.float32,
-        rows: torch.Tensor | None = None,
-        *,
-        grad: bool = False,
-    ) -> torch.Tensor:
-        """softmax(q kᵀ · scale) over the keys, (B, H, N, M), computed beside the layer.
-
-        ``rows`` (a 1-D index of batch rows) computes only those rows, (R, H, N, M): under
-        classifier-free guidance a store that keeps the conditional half pays for half.
-        ``grad=True`` keeps the autograd graph back to q and k (and so to the latents and the
-        model's weights) when the forward runs with gradients enabled, for losses on the maps
-        (Attend-and-Excite, Break-a-Scene); by default nothing is recorded for autograd.
-        """
-        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            if self.probs is not None:
-                probs = self.probs if rows is None else self.probs.index_select(0, rows)
-                return probs.to(dtype)
-            q, k, mask = self.query_heads, self.key_heads, self.mask
-            if rows is not None:
-                q, k = q.index_select(0, rows), k.index_select(0, rows)
-                if mask is not None and mask.dim() == 4 and mask.shape[0] > 1:
-                    mask = mask.index_select(0, rows)
-            scores = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * self.scale
-            if mask is not None:
-                if mask.dtype == torch.bool:
-                    scores = scores.masked_fill(~mask, float("-inf"))
-                else:
-                    scores = scores + mask.to(dtype)
-            return scores.softmax(dim=-1)
+    def op(self) -> str:
+        what = f"linear {self.in_features}→{self.out_features} ({self.name})"
+        if self.parent is not None:
+            what += f" → piece {self.piece + 1} of {self.pieces}"
+        return what
 
 
-class ProbeFailed(Exception):
-    """Carries a probe's own exception out of the recorder, which re-raises it unchanged."""
+@dataclass
+class BranchState:
+    """One score computation of the call: its stages and the tensors probes need."""
 
-    def __init__(self, original: Exception) -> None:
-        super().__init__(str(original))
-        self.original = original
+    q_lineage: frozenset[int]
+    k_lineage: frozenset[int]
+    q_segments: tuple[Segment, ...] | None
+    k_segments: tuple[Segment, ...] | None
+    v_lineage: frozenset[int] = frozenset()
+    stages: dict[str, Stage] = field(default_factory=dict)
+    scale: float | None = None
+    heads: int | None = None
+    head_dim: int | None = None
+    score_ops: int = 0
+    derived: bool = False
+    query: torch.Tensor | None = field(default=None, repr=False)
+    key: torch.Tensor | None = field(default=None, repr=False)
+    mask: torch.Tensor | None = field(default=None, repr=False)
+    probs: torch.Tensor | None = field(default=None, repr=False)
+    causal: bool = False
+    q_axis: int = -2  # where the tokens are in ``query`` and ``key`` as kept
+    k_axis: int = -2
 
-
-class Probe(Protocol):
-    def on_attention(self, call: AttentionCall) -> None: ...
+    def add(self, name: str, shape: Shape, **extra: Any) -> None:
+        if name not in self.stages:
+            self.stages[name] = Stage(name=name, shape=tuple(int(s) for s in shape), **extra)
 
 
 @dataclass
@@ -84,153 +89,213 @@ class CallState:
 
     info: LayerInfo
     call: int
-    probes: tuple[Probe, ...] = ()
-    monitors: bool = True
-    geometry: Shape | None = None  # (B, C, h, w) of the innermost 4-D ancestor input
-    labels: LabelTable = field(default_factory=LabelTable)
-    stages: dict[str, Stage] = field(default_factory=dict)
-    kind: str | None = None
-    scale: float = 1.0  # of the first scores seen: scalars on q, k and the scores, and alpha
-    sdpa_scale: float | None = None
-    heads: int | None = None
-    head_dim: int | None = None
-    softmax_dim: int | None = None
-    checks: list[Check] = field(default_factory=list)
-    q_in: torch.Tensor | None = field(default=None, repr=False)
-    q_raw: torch.Tensor | None = field(default=None, repr=False)
-    k_raw: torch.Tensor | None = field(default=None, repr=False)
-    probed: bool = False
-    pending_scores: tuple[Shape, str] | None = None
-    record: LayerRecord | None = None
+    batch: int
+    geometry: tuple[Grid, ...] = ()  # candidate grids, innermost first
     dtype: str = ""
     device: str = ""
+    input_4d: bool = False
+    stages: dict[str, Stage] = field(default_factory=dict)
+    projections: dict[int, Projection] = field(default_factory=dict)
+    branches: list[BranchState] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    weight_names: dict[int, str] = field(default_factory=dict)
+    ip_segments: tuple[tuple[int, ...], ...] = ()
 
-    # -- stages ------------------------------------------------------------------------
+    # -- events from the recorder --------------------------------------------------------
     def add(self, name: str, shape: Shape, **extra: Any) -> None:
-        """Record a stage the first time it is seen (a chunked layer repeats its ops)."""
+        """Record a layer-level stage the first time it is seen."""
         if name not in self.stages:
             self.stages[name] = Stage(name=name, shape=tuple(int(s) for s in shape), **extra)
 
-    @property
-    def batch(self) -> int | None:
-        for name in ("query", "input", "tokens"):
-            if name in self.stages and self.stages[name].shape:
-                return self.stages[name].shape[0]
-        return None
-
-    def add_heads(self, name: str, tensor: torch.Tensor, op: str) -> None:
-        raw = tuple(tensor.shape)
-        shape, layout, heads = heads_layout(raw, self.batch, self.heads or self.info.heads)
-        if self.heads is None and heads is not None:
-            self.heads = heads
-        if self.head_dim is None and name == "query_heads":
-            self.head_dim = shape[-1]
-        self.add(name, shape, op=op, raw_shape=raw, layout=layout)
-
-    def add_pair(self, name: str, raw: Shape, op: str, *, derived: bool = False) -> None:
-        """Scores or probabilities: (B*H, N, M) or (B, H, N, M), recorded as (B, H, N, M)."""
-        shape, layout, _ = heads_layout(raw, self.batch, self.heads)
-        layout = layout.replace("T, d", "N, M")
-        self.add(name, shape, op=op, raw_shape=raw, layout=layout, derived=derived)
-
-    # -- probes --------------------------------------------------------------------------
-    def _layer_view(self) -> LayerRecord:
-        return LayerRecord(
-            name=self.info.name,
-            kind=self.kind or "self",
-            place=self.info.place,
-            resolution=self.resolution(),
-            processor=self.info.processor_name(),
-            heads=self.heads or self.info.heads or 1,
-            head_dim=self.head_dim or 0,
-            module_type=self.info.module_type,
-            call=self.call,
-        )
-
-    def wanted_by(self) -> list[Probe]:
-        if not self.probes or self.probed:
-            return []
-        view = self._layer_view()
-        return [p for p in self.probes if getattr(p, "wants", lambda _layer: True)(view)]
-
-    def fire(
+    def new_projection(
         self,
-        probes: list[Probe],
-        *,
-        scale: float,
-        mask: torch.Tensor | None = None,
-        probs: torch.Tensor | None = None,
-    ) -> None:
-        if self.q_raw is None or self.k_raw is None or not probes:
-            return
-        batch, heads = self.batch, self.heads
-        if batch is None or heads is None:
-            return
-        if self.q_raw.dim() == 3 and self.q_raw.shape[0] != batch * heads:
-            return  # a slice of the (B*H) axis: probes see whole calls only
-        self.probed = True
-        call = AttentionCall(
-            layer=self._layer_view(),
-            query_heads=to_bhtd(self.q_raw, batch, heads),
-            key_heads=to_bhtd(self.k_raw, batch, heads),
-            scale=scale,
-            mask=mask,
-            probs=to_bhtd(probs, batch, heads) if probs is not None else None,
+        name: str,
+        weight: tuple[int, int],
+        shapes: tuple[Shape, Shape],
+        segs: tuple[Segment, ...] | None,
+    ) -> int:
+        """A projection (out, in) = ``weight`` from input shape to output shape ``shapes``."""
+        pid = len(self.projections) + 1
+        (out_f, in_f), (in_shape, out_shape) = weight, shapes
+        self.projections[pid] = Projection(
+            pid, name, in_f, out_f, tuple(out_shape), segs, in_shape=tuple(in_shape)
         )
-        for probe in probes:
-            try:
-                probe.on_attention(call)
-            except Exception as exc:
-                raise ProbeFailed(exc) from exc
+        return pid
+
+    def new_piece(self, parent: int, piece: int, pieces: int, shape: Shape) -> int:
+        base = self.projections[parent]
+        pid = len(self.projections) + 1
+        self.projections[pid] = Projection(
+            pid, base.name, base.in_features, base.out_features, tuple(shape), base.segments,
+            parent=parent, piece=piece, pieces=pieces, in_shape=base.in_shape,
+        )
+        return pid
+
+    def width(self, lineage: frozenset[int]) -> int | None:
+        """The projection width (H·d) of a q, k or v lineage."""
+        widths = {self.projections[i].shape[-1] for i in lineage if i in self.projections}
+        return max(widths) if widths else None
+
+    def branch(
+        self,
+        q_lineage: frozenset[int],
+        k_lineage: frozenset[int],
+        q_segments: tuple[Segment, ...] | None,
+        k_segments: tuple[Segment, ...] | None,
+    ) -> tuple[BranchState, bool]:
+        """The branch of this query/key pair, and whether it is new."""
+        for b in self.branches:
+            if b.q_lineage == q_lineage and b.k_lineage == k_lineage:
+                return b, False
+        made = BranchState(q_lineage, k_lineage, q_segments, k_segments)
+        self.branches.append(made)
+        return made, True
+
+    def find_branch(self, q_lineage: frozenset[int], k_lineage: frozenset[int]) -> BranchState:
+        return self.branch(q_lineage, k_lineage, None, None)[0]
+
+    def heads(
+        self, branch: BranchState, name: str, raw: Shape, seq_axis: int, lineage: frozenset[int],
+        op: str, *, derived: bool = False, note: str = "",
+    ) -> None:
+        """A per-head stage (q, k, v or attended), recorded as (B, H, T, d)."""
+        shape, layout, heads = heads_layout(
+            raw, seq_axis, self.batch, self.width(lineage), branch.heads or self.info.heads
+        )
+        if branch.heads is None and heads is not None:
+            branch.heads = heads
+        if branch.head_dim is None and name == "query_heads" and len(shape) == 4:
+            branch.head_dim = shape[-1]
+        branch.add(name, shape, op=op, raw_shape=tuple(raw), layout=layout, derived=derived,
+                   note=note)
+
+    def pair(
+        self, branch: BranchState, name: str, raw: Shape, op: str, *, derived: bool = False
+    ) -> None:
+        """Scores or probabilities, (B*H, N, M) or (B, H, N, M), recorded as (B, H, N, M)."""
+        shape, layout, _ = heads_layout(raw, len(raw) - 2, self.batch, None, branch.heads)
+        layout = layout.replace("T, d", "N, M")
+        branch.add(name, shape, op=op, raw_shape=tuple(raw), layout=layout, derived=derived)
 
     # -- the record ----------------------------------------------------------------------
-    def resolution(self) -> tuple[int, int] | None:
-        if "feature_map" in self.stages:
-            fm = self.stages["feature_map"].shape
-            return (fm[2], fm[3])
+    @property
+    def main(self) -> BranchState | None:
+        return self.branches[0] if self.branches else None
+
+    def image_tokens(self) -> int | None:
+        main = self.main
+        if main is None or main.q_segments is None:
+            return None
+        return sum(s.tokens for s in main.q_segments if s.source == "hidden") or None
+
+    def grid(self) -> Grid | None:
+        """The grid the layer's own tokens come from: the 4-D input, else the innermost
+        known grid (enclosing block input, patch embedding, caller) with that many tokens."""
+        fm = self.stages.get("feature_map")
+        if fm is not None and len(fm.shape) == 4:
+            return Grid(fm.shape[2], fm.shape[3], "layer input", fm.shape)
+        n = self.image_tokens()
+        return next((g for g in self.geometry if n and g.tokens == n), None)
+
+    def understood(self) -> str | None:
+        """None when the call could be read as attention, else the reason it could not."""
+        main = self.main
+        if main is None:
+            return (
+                "no score computation was seen inside the call: no q·kᵀ (matmul, bmm, "
+                "baddbmm, einsum) or scaled_dot_product_attention on two projections of its "
+                "inputs (attention inside an op shapetrace cannot see, e.g. xformers?)"
+            )
+        if kind_of(main.q_segments, main.k_segments) is None:
+            return "the query's or key's tokens could not be followed back to the layer's inputs"
         return None
 
-    def attach_geometry(self, input_shape: Shape) -> None:
-        """Record the feature map this layer's tokens came from, if the geometry agrees."""
-        if len(input_shape) == 4:
-            self.add("feature_map", input_shape, op="layer input")
-            return
-        g = self.geometry
-        if g is not None and len(input_shape) == 3 and input_shape[1] == g[2] * g[3]:
-            self.add("feature_map", g, op="enclosing block input", note="flattened to tokens")
-
-    def effective_scale(self) -> float | None:
-        if self.sdpa_scale is not None:
-            return self.sdpa_scale
-        return self.scale if (self.pending_scores is not None or "scores" in self.stages) else None
-
-    def finish(self) -> LayerRecord:
-        order = [*STAGE_ORDER[:2], "tokens", *STAGE_ORDER[2:]]
-        stages = [self.stages[n] for n in order if n in self.stages]
-        stages += [s for n, s in self.stages.items() if n not in order]
-        heads = self.heads or self.info.heads or 1
-        head_dim = self.head_dim
-        if head_dim is None and "query" in self.stages:
-            head_dim = self.stages["query"].shape[-1] // heads
-        scale = self.effective_scale()
-        self.record = LayerRecord(
-            name=self.info.name,
-            kind=self.kind or "self",
+    def record(self, name: str) -> LayerRecord:
+        """The LayerRecord of an understood call (see ``understood``)."""
+        main = self.main
+        assert main is not None
+        kind = kind_of(main.q_segments, main.k_segments) or "self"
+        stages = dict(self.stages)
+        grid = self.grid()
+        if grid is not None and grid.feature_map is not None and "feature_map" not in stages:
+            stages["feature_map"] = Stage("feature_map", grid.feature_map, op=grid.source,
+                                          note="flattened to tokens")
+        stages.update(projection_stages(self.projections, main))
+        stages.update(main.stages)
+        cross = self._cross_block(main, kind)
+        if cross is not None:
+            stages["cross_probs"] = cross
+        heads = main.heads or self.info.heads or 1
+        head_dim = main.head_dim or ((self.width(main.q_lineage) or 0) // heads)
+        scale = main.scale if main.scale is not None and math.isfinite(main.scale) else None
+        return LayerRecord(
+            name=name,
+            kind=kind,
             place=self.info.place,
-            resolution=self.resolution(),
+            resolution=(grid.h, grid.w) if grid is not None else None,
             processor=self.info.processor_name(),
             heads=heads,
-            head_dim=head_dim or 0,
-            stages=stages,
+            head_dim=head_dim,
+            stages=_ordered(stages),
             module_type=self.info.module_type,
             call=self.call,
-            scale=None if scale is None else float(scale),
+            scale=scale,
             dtype=self.dtype,
             device=self.device,
             checks=self.checks,
+            segments=_segments(main),
+            branches=self._branches(),
         )
-        return self.record
+
+    def _cross_block(self, main: BranchState, kind: str) -> Stage | None:
+        rows, cols = cross_slices(main.q_segments, main.k_segments) if kind == "joint" else (None,) * 2
+        if rows is None or cols is None or "probs" not in main.stages:
+            return None
+        b, h = main.stages["probs"].shape[:2]
+        shape = (b, h, rows.stop - rows.start, cols.stop - cols.start)
+        op = f"probs[:, :, {rows.start}:{rows.stop}, {cols.start}:{cols.stop}]"
+        return Stage("cross_probs", shape, op=op, derived=True, note="image queries x text keys")
+
+    def _branches(self) -> list[Branch]:
+        out: list[Branch] = []
+        for b in self.branches[1:]:
+            stages = dict(projection_stages(self.projections, b, keys_only=True))
+            stages.update(b.stages)
+            name = branch_name(b.k_segments, [x.name for x in out])
+            kind = kind_of(b.q_segments, b.k_segments) or "cross"
+            out.append(Branch(name, kind, _ordered(stages), _segments(b), b.scale))
+        return out
 
 
-def default_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)
+def cross_slices(
+    q: tuple[Segment, ...] | None, k: tuple[Segment, ...] | None
+) -> tuple[slice | None, slice | None]:
+    """The image-query rows and text-key columns of a joint layer, when each is one run."""
+    return _run(q, "hidden"), _run(k, "context")
+
+
+def _run(segments: tuple[Segment, ...] | None, source: str) -> slice | None:
+    if not segments:
+        return None
+    runs, at = [], 0
+    for seg in segments:
+        if seg.source == source:
+            runs.append(slice(at, at + seg.tokens))
+        at += seg.tokens
+    return runs[0] if len(runs) == 1 else None
+
+
+def _segments(branch: BranchState) -> dict[str, tuple[Segment, ...]]:
+    out = {}
+    if branch.q_segments is not None:
+        out["query"] = branch.q_segments
+    if branch.k_segments is not None:
+        out["key"] = branch.k_segments
+    return out
+
+
+def _ordered(stages: dict[str, Stage]) -> list[Stage]:
+    from shapetrace.stages import STAGE_ORDER
+
+    known = [stages[n] for n in STAGE_ORDER if n in stages]
+    return known + [s for n, s in stages.items() if n not in STAGE_ORDER]

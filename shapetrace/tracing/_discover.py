@@ -1,12 +1,35 @@
-"""Finding the attention layers of a model, and the facts about each that need no forward."""
+"""Finding the attention layers of a model, and what is known of each before it runs.
+
+A layer is found by what it is, not by one library's names: a diffusers ``Attention`` (or any
+``AttentionModuleMixin``, e.g. Flux's), ``nn.MultiheadAttention``, a module with separate q/k/v
+projections under any of the usual names (``to_q``, ``q_proj``, T5's ``q``), one with a fused
+``qkv``/``to_qkv`` projection, or, weakest, a module whose class is called an attention and
+holds a Linear. Names only find candidates: what each tensor is comes from the data flow while
+it runs, and a candidate that turns out not to compute attention is reported as not
+understood.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["LayerInfo", "find_attention_layers", "geometry_ancestors"]
+__all__ = [
+    "LayerInfo",
+    "block_parents",
+    "find_attention_layers",
+    "geometry_ancestors",
+    "patch_embeddings",
+]
+
+_SEPARATE = (("to_q", "to_k", "to_v"), ("q_proj", "k_proj", "v_proj"), ("q", "k", "v"))
+_FUSED = ("to_qkv", "qkv", "in_proj")
+_HEAD_ATTRS = ("heads", "num_heads", "n_heads", "n_head", "num_attention_heads")
+_SCALE_ATTRS = ("scale", "scaling")
+_NAMED = re.compile(r"attention|attn", re.IGNORECASE)
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict)
 
 
 def _diffusers_attention_types() -> tuple[type, ...]:
@@ -24,58 +47,23 @@ def _diffusers_attention_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-def _first_linear(module: nn.Module | None) -> nn.Linear | None:
-    """``to_out`` is a Linear or a container whose first item is one."""
-    if isinstance(module, nn.Linear):
-        return module
-    if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) > 0:
-        first = module[0]
-        return first if isinstance(first, nn.Linear) else None
-    return None
-
-
-def _has_projections(module: nn.Module) -> bool:
+def _family(module: nn.Module, diffusers_types: tuple[type, ...]) -> tuple[str, bool] | None:
+    """(family, strong) of a candidate layer, or None. Weak candidates yield to strong ones."""
+    if diffusers_types and isinstance(module, diffusers_types):
+        return "diffusers", True
+    if isinstance(module, nn.MultiheadAttention):
+        return "mha", True
     children = module._modules  # a dict lookup: no AttributeError raised per module
-    if "to_q" not in children:
-        return False
-    projections = (children.get(n) for n in ("to_q", "to_k", "to_v"))
-    return all(isinstance(p, nn.Linear) for p in projections) and (
-        _first_linear(children.get("to_out")) is not None
-    )
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """What is known of an attention layer before it runs."""
-
-    name: str
-    path: str  # the name in ``named_modules`` ("" for the model itself)
-    module: nn.Module
-    family: str  # "diffusers" | "projections" | "mha"
-    place: str
-    heads: int | None
-    to_q: nn.Linear | None
-    to_k: nn.Linear | None
-    to_v: nn.Linear | None
-    to_out: nn.Linear | None
-
-    @property
-    def module_type(self) -> str:
-        return type(self.module).__name__
-
-    def processor_name(self) -> str:
-        processor = getattr(self.module, "processor", None)
-        if processor is not None:
-            return type(processor).__name__
-        if self.family == "mha":
-            return "multi_head_attention_forward"
-        return f"{self.module_type}.forward"
-
-
-def _prefixes(name: str) -> list[str]:
-    """The proper dotted prefixes of a module name: "a.b.c" -> ["a", "a.b"]."""
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
+    for names in _SEPARATE:
+        if all(isinstance(children.get(n), nn.Linear) for n in names):
+            return "projections", True
+    if any(isinstance(children.get(n), nn.Linear) for n in _FUSED):
+        return "fused", True
+    if _NAMED.search(type(module).__name__) and any(
+        isinstance(c, nn.Linear) for c in module.children()
+    ):
+        return "named", False
+    return None
 
 
 def _place(name: str) -> str:
@@ -86,28 +74,88 @@ def _place(name: str) -> str:
         return "mid"
     if "up_blocks" in parts:
         return "up"
+    if "single_transformer_blocks" in parts:
+        return "single"
+    if "transformer_blocks" in parts:
+        return "transformer"
     lowered = name.lower()
     if "text" in lowered or "encoder" in lowered:
         return "text"
     return "model"
 
 
-def _heads(module: nn.Module) -> int | None:
-    for attr in ("heads", "num_heads", "n_heads", "n_head"):
-        value = getattr(module, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+@dataclass(frozen=True)
+class LayerInfo:
+    """What is known of an attention layer before it runs."""
+
+    name: str
+    path: str  # the name in ``named_modules`` ("" for the model itself)
+    module: nn.Module
+    family: str  # "diffusers" | "mha" | "projections" | "fused" | "named"
+    place: str
+
+    @property
+    def module_type(self) -> str:
+        return type(self.module).__name__
+
+    @property
+    def heads(self) -> int | None:
+        """The head count the module declares (a hint: the data flow decides)."""
+        for attr in _HEAD_ATTRS:
+            value = vars(self.module).get(attr)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    def declared_scale(self) -> float | None:
+        """The score scale the module declares (diffusers and CLIP ``scale``, T5's
+        ``scaling`` of 1.0), or None: then 1/sqrt(head_dim) is expected."""
+        for attr in _SCALE_ATTRS:
+            value = vars(self.module).get(attr)
+            if isinstance(value, float) and not isinstance(value, bool):
+                return value
+        return None
+
+    def processor_name(self) -> str:
+        processor = getattr(self.module, "processor", None)
+        if processor is not None and not callable(getattr(processor, "__func__", None)):
+            return type(processor).__name__
+        if self.family == "mha":
+            return "multi_head_attention_forward"
+        config = vars(self.module).get("config")
+        impl = getattr(config, "_attn_implementation", None)
+        if isinstance(impl, str):
+            return f"{self.module_type} ({impl})"
+        return f"{self.module_type}.forward"
+
+    def linear(self, *names: str) -> list[tuple[str, nn.Linear]]:
+        """(attribute name, Linear) under these names (a container's first item counts), in
+        the order given; the processor's own modules included."""
+        found = []
+        for owner in (self.module, getattr(self.module, "processor", None)):
+            if not isinstance(owner, nn.Module):
+                continue
+            for name in names:
+                item = owner._modules.get(name)
+                if isinstance(item, (nn.ModuleList, nn.Sequential)) and len(item) > 0:
+                    item = item[0]
+                if isinstance(item, nn.Linear):
+                    found.append((name, item))
+        return found
+
+    def weight_names(self) -> dict[int, str]:
+        """id(weight) -> the Linear's path inside the layer, to name projections in ops."""
+        return {
+            id(m.weight): path
+            for path, m in self.module.named_modules()
+            if isinstance(m, nn.Linear) and path
+        }
 
 
-def _is_attention(module: nn.Module, diffusers_types: tuple[type, ...]) -> str | None:
-    if diffusers_types and isinstance(module, diffusers_types):
-        return "diffusers"
-    if isinstance(module, nn.MultiheadAttention):
-        return "mha"
-    if _has_projections(module):
-        return "projections"
-    return None
+def _prefixes(name: str) -> list[str]:
+    """The proper dotted prefixes of a module name: "a.b.c" -> ["a", "a.b"]."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def find_attention_layers(model: nn.Module) -> list[LayerInfo]:
@@ -117,40 +165,60 @@ def find_attention_layers(model: nn.Module) -> list[LayerInfo]:
     ['down_blocks.0.attentions.0.transformer_blocks.0.attn1', '...attn2']
     """
     diffusers_types = _diffusers_attention_types()
-    found: list[LayerInfo] = []
-    taken: set[str] = set()
-    for name, module in model.named_modules():
-        if taken and any(prefix in taken for prefix in _prefixes(name)):
-            continue  # inside a layer already found: its forward is traced as part of that one
-        family = _is_attention(module, diffusers_types)
-        if family is None:
-            continue
-        shown = name or type(module).__name__
-        taken.add(name)
-        to_out = _first_linear(getattr(module, "to_out", None))
-        found.append(
-            LayerInfo(
-                name=shown,
-                path=name,
-                module=module,
-                family=family,
-                place=_place(shown),
-                heads=_heads(module),
-                to_q=getattr(module, "to_q", None),
-                to_k=getattr(module, "to_k", None),
-                to_v=getattr(module, "to_v", None),
-                to_out=to_out,
-            )
-        )
-        if name == "":
-            break  # the model is itself one attention layer
+    candidates = [
+        (name, module, found)
+        for name, module in model.named_modules()
+        if (found := _family(module, diffusers_types)) is not None
+    ]
+    strong: set[str] = set()
+    for name, _m, (_f, is_strong) in candidates:
+        if is_strong and not any(p in strong for p in _prefixes(name)) and "" not in strong:
+            strong.add(name)
+    chosen: set[str] = set(strong)
+    for name, _m, (_f, is_strong) in candidates:
+        inside = any(p in chosen for p in _prefixes(name)) or ("" in chosen and name)
+        holds = any(other.startswith(name + ".") or not name for other in strong if other)
+        if not is_strong and not inside and not holds:
+            chosen.add(name)
+    found = []
+    for name, module, (family, _s) in candidates:
+        if name in chosen:
+            shown = name or type(module).__name__
+            found.append(LayerInfo(shown, name, module, family, _place(shown)))
     return found
 
 
-def geometry_ancestors(model: nn.Module, layers: list[LayerInfo]) -> list[nn.Module]:
-    """Modules that contain an attention layer: their 4-D inputs give the layers' geometry."""
+def geometry_ancestors(model: nn.Module, layers: list[LayerInfo]) -> list[tuple[str, nn.Module]]:
+    """Modules that contain an attention layer: their 4-D inputs give the layers' grids."""
     paths = {info.path for info in layers}
     if "" in paths:
         return []
     enclosing = {"", *(prefix for path in paths for prefix in _prefixes(path))}
-    return [module for name, module in model.named_modules() if name in enclosing]
+    return [(name, m) for name, m in model.named_modules() if name in enclosing]
+
+
+def block_parents(model: nn.Module, layers: list[LayerInfo]) -> list[nn.Module]:
+    """The nearest module above each layer that has a forward of its own (a transformer
+    block): its inputs are tagged where they enter, so a layer that only sees an already
+    joined sequence (Flux's single-stream blocks) still knows which tokens are text."""
+    modules = dict(model.named_modules())
+    found: dict[int, nn.Module] = {}
+    for info in layers:
+        for prefix in reversed(_prefixes(info.path)):
+            parent = modules[prefix]
+            if not isinstance(parent, _CONTAINERS):
+                found[id(parent)] = parent
+                break
+    return list(found.values())
+
+
+def patch_embeddings(model: nn.Module) -> list[nn.Module]:
+    """Patch embeddings (PixArt, DiT, SD3): a strided conv of kernel = stride = patch size
+    under a module declaring an int ``patch_size``; their input gives the token grid."""
+    found = []
+    for module in model.modules():
+        size = vars(module).get("patch_size")
+        proj = module._modules.get("proj")
+        if isinstance(size, int) and isinstance(proj, nn.Conv2d) and proj.stride == (size, size):
+            found.append(module)
+    return found

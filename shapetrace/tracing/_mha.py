@@ -1,5 +1,5 @@
-"""nn.MultiheadAttention runs as one fused function: its stages are derived from its inputs
-and its attributes, and marked as derived."""
+"""``nn.MultiheadAttention`` runs as one fused function: its stages are derived from its
+inputs and attributes, and marked as derived."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from shapetrace.stages import Segment
 from shapetrace.tracing._call import CallState
-from shapetrace.tracing._discover import LayerInfo
 
 __all__ = ["mha_post", "mha_pre"]
 
@@ -25,39 +25,42 @@ def _bte(t: torch.Tensor, batch_first: bool) -> tuple[int, int, int]:
     return t.shape[1], t.shape[0], t.shape[2]
 
 
-def mha_pre(
-    state: CallState, info: LayerInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> None:
-    module = info.module
+def mha_pre(state: CallState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Every stage of one MultiheadAttention call, from its inputs: q is the query input's,
+    k and v the key and value inputs' (the same tensor as the query's: self-attention)."""
+    module = state.info.module
     assert isinstance(module, torch.nn.MultiheadAttention)
     names = ("query", "key", "value")
     given = dict(zip(names, args))
     given.update({n: kwargs[n] for n in names if n in kwargs})
-    q, k, v = given["query"], given.get("key", given["query"]), given.get("value", given["query"])
+    q = given["query"]
+    k = given.get("key", q)
     batch_first = bool(getattr(module, "batch_first", False))
-    heads = int(module.num_heads)
-    embed = int(module.embed_dim)
+    heads, embed = int(module.num_heads), int(module.embed_dim)
     d = embed // heads
     b, n, _ = _bte(q, batch_first)
     _, m, kdim = _bte(k, batch_first)
-    state.kind = "self" if (k is q and v is q) else "cross"
-    state.heads, state.head_dim = heads, d
-    state.sdpa_scale = 1.0 / math.sqrt(d)
+    own = k is q
+    q_segs = (Segment("hidden", n),)
+    k_segs = (Segment("hidden" if own else "context", m),)
+    branch, _ = state.branch(frozenset({1}), frozenset({1 if own else 2}), q_segs, k_segs)
+    branch.heads, branch.head_dim, branch.derived = heads, d, True
+    branch.scale = 1.0 / math.sqrt(d)
     layout = "(B, T, E)" if batch_first or q.dim() == 2 else "(T, B, E) seq-first"
     state.add("input", tuple(q.shape), op="layer input", layout=layout)
-    if state.kind == "cross":
+    if not own:
         state.add("context", tuple(k.shape), op="key/value input", layout=layout)
     add = state.add
     add("query", (b, n, embed), op=f"in_proj q {embed}→{embed}", derived=True, note=_NOTE)
     add("key", (b, m, embed), op=f"in_proj k {kdim}→{embed}", derived=True, note=_NOTE)
     add("value", (b, m, embed), op=f"in_proj v {kdim}→{embed}", derived=True, note=_NOTE)
+    badd = branch.add
     for name, tokens in (("query_heads", n), ("key_heads", m), ("value_heads", m)):
-        add(name, (b, heads, tokens, d), op="split heads", derived=True, note=_NOTE)
-    add("scores", (b, heads, n, m), op="q kᵀ / sqrt(d)", derived=True, note=_NOTE)
-    add("probs", (b, heads, n, m), op="softmax(dim=-1)", derived=True, note=_NOTE)
-    add("attended", (b, heads, n, d), op="probs @ v", derived=True, note=_NOTE)
+        badd(name, (b, heads, tokens, d), op="split heads", derived=True, note=_NOTE)
+    badd("scores", (b, heads, n, m), op="q kᵀ / sqrt(d)", derived=True, note=_NOTE)
+    badd("probs", (b, heads, n, m), op="softmax(dim=-1)", derived=True, note=_NOTE)
+    badd("attended", (b, heads, n, d), op="probs @ v", derived=True, note=_NOTE)
     add("merged", (b, n, embed), op="merge heads", derived=True, note=_NOTE)
-    state.softmax_dim = -1
 
 
 def mha_post(state: CallState, out: Any) -> None:

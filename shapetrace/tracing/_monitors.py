@@ -15,6 +15,7 @@ import torch
 from shapetrace.journey import Check
 
 if TYPE_CHECKING:
+    from shapetrace.journey import LayerRecord
     from shapetrace.tracing._call import CallState
 
 __all__ = ["Check", "all_finite", "final_checks", "softmax_checks"]
@@ -39,11 +40,14 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.detach()).all())
 
 
-def softmax_checks(state: CallState, scores: torch.Tensor, probs: torch.Tensor, axis: int) -> None:
-    """The softmax normalizes over the key axis, and (with values) each row sums to 1."""
+def softmax_checks(
+    state: CallState, scores: torch.Tensor, probs: torch.Tensor, axis: int, key_axis: int
+) -> None:
+    """The softmax normalizes over the key axis (where the data flow put the keys), and
+    (with values) each row sums to 1."""
     ndim = scores.dim()
-    keys = scores.shape[-1]
-    if axis == ndim - 1:
+    keys = scores.shape[key_axis]
+    if axis == key_axis:
         state.checks.append(Check("softmax_axis", True, f"softmax over the {keys} keys"))
     else:
         state.checks.append(
@@ -51,13 +55,13 @@ def softmax_checks(state: CallState, scores: torch.Tensor, probs: torch.Tensor, 
                 "softmax_axis",
                 False,
                 f"softmax over axis {axis - ndim} (size {scores.shape[axis]}) of scores "
-                f"{tuple(scores.shape)}; it must run over the last axis, the {keys} keys "
-                "(dim=-1)",
+                f"{tuple(scores.shape)}; it must run over the {keys} keys "
+                f"(dim={key_axis - ndim})",
             )
         )
-    if not _has_values(probs) or axis != ndim - 1:
+    if not _has_values(probs) or axis != key_axis:
         return
-    sums = probs.detach().sum(dim=-1, dtype=torch.float32)
+    sums = probs.detach().sum(dim=axis, dtype=torch.float32)
     err = float((sums - 1.0).abs().max()) if sums.numel() else 0.0
     atol = _ROW_SUM_ATOL.get(probs.dtype, 1e-10 if probs.dtype == torch.float64 else 1e-4)
     fully_masked = bool(torch.isnan(sums).any())
@@ -68,31 +72,37 @@ def softmax_checks(state: CallState, scores: torch.Tensor, probs: torch.Tensor, 
     state.checks.append(Check("rows_sum_to_one", ok, detail))
 
 
-def final_checks(state: CallState, output: object) -> None:
-    """Heads x head_dim equals the inner width; the scale is 1/sqrt(head_dim); output finite."""
-    stages = state.stages
-    if "query" in stages and "query_heads" in stages:
-        inner = stages["query"].shape[-1]
-        _, h, _, d = stages["query_heads"].shape
+def final_checks(state: CallState, record: LayerRecord, output: object) -> None:
+    """Heads x head_dim equals the inner width; the scale is what the module declares (else
+    1/sqrt(head_dim)); the output is finite. Appended to the record's checks."""
+    query = record.stage("query") if record.has("query") else None
+    heads = record.stage("query_heads") if record.has("query_heads") else None
+    if query is not None and heads is not None and len(heads.shape) == 4:
+        inner, (_, h, _, d) = query.shape[-1], heads.shape
         ok = h * d == inner
-        state.checks.append(
+        record.checks.append(
             Check("heads_x_head_dim", ok, f"{h} heads x {d} = {h * d}, inner width {inner}")
         )
-    scale = state.effective_scale()
-    if scale is not None and "query_heads" in stages:
-        d = stages["query_heads"].shape[-1]
-        want = 1.0 / math.sqrt(d)
-        ok = math.isclose(scale, want, rel_tol=1e-3)
-        detail = f"scale {scale:.6g}, 1/sqrt(head_dim={d}) = {want:.6g}"
-        if not ok and "query" in stages:
-            inner = stages["query"].shape[-1]
-            if math.isclose(scale, 1.0 / math.sqrt(inner), rel_tol=1e-3) and inner != d:
-                detail += f"; it is 1/sqrt(inner width {inner}): scale by the head dim"
-            elif math.isclose(scale, 1.0):
-                detail += "; the scores are not scaled"
-        state.checks.append(Check("scale", ok, detail))
+    if record.scale is not None and heads is not None and len(heads.shape) == 4:
+        inner = query.shape[-1] if query is not None else 0
+        record.checks.append(_scale_check(state, record.scale, heads.shape[-1], inner))
     out = output[0] if isinstance(output, (tuple, list)) and output else output
     if isinstance(out, torch.Tensor) and _has_values(out) and out.is_floating_point():
         finite = all_finite(out)
         detail = "output finite" if finite else "output has NaN or inf"
-        state.checks.append(Check("finite", finite, detail))
+        record.checks.append(Check("finite", finite, detail))
+
+
+def _scale_check(state: CallState, scale: float, d: int, inner: int) -> Check:
+    declared = state.info.declared_scale()
+    want = declared if declared is not None else 1.0 / math.sqrt(d)
+    what = f"the module's declared scale {want:.6g}" if declared is not None else (
+        f"1/sqrt(head_dim={d}) = {want:.6g}"
+    )
+    ok = math.isclose(scale, want, rel_tol=1e-3)
+    detail = f"scale {scale:.6g}, {what}"
+    if not ok and inner and inner != d and math.isclose(scale, 1.0 / math.sqrt(inner), rel_tol=1e-3):
+        detail += f"; it is 1/sqrt(inner width {inner}): scale by the head dim"
+    elif not ok and math.isclose(scale, 1.0):
+        detail += "; the scores are not scaled"
+    return Check("scale", ok, detail)

@@ -1,4 +1,8 @@
-"""``trace_model``: build a model, run one forward at the asked size, return its journey."""
+"""``trace_model``: build a model, run one forward at the asked size, return its journey.
+
+It sits above ``shapetrace.tracing`` and ``shapetrace.models``: tracing knows nothing of the
+presets.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import torch
 
 from shapetrace.errors import InputShapeError
 from shapetrace.journey import Journey
-from shapetrace.tracing.tracer import trace
+from shapetrace.tracing import trace
 
 __all__ = ["PROCESSORS", "set_processor", "trace_model"]
 

@@ -1,0 +1,70 @@
+"""Handing a finished call to the probes: q and k in (B, H, T, d), read through the token
+axes the data flow found, never guessed from sizes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from shapetrace.journey import LayerRecord
+from shapetrace.stages import Check
+from shapetrace.tracing._call import CallState, cross_slices
+from shapetrace.tracing._probe import AttentionCall, Probe
+
+__all__ = ["as_bhtd", "fire_probes"]
+
+
+def as_bhtd(t: torch.Tensor, axis: int, batch: int, heads: int) -> torch.Tensor | None:
+    """(B, H, T, X) view of a per-head tensor whose tokens are on ``axis``; None if it is only
+    a slice of the heads (sliced attention whose whole tensor was not kept)."""
+    if t.dim() == 4:
+        return t if axis == 2 else t.transpose(1, 2) if axis == 1 else None
+    if t.dim() == 3 and axis == 1:
+        if t.shape[0] == batch * heads:
+            return t.reshape(batch, heads, t.shape[1], t.shape[2])
+        if t.shape[0] == batch and heads == 1:
+            return t.unsqueeze(1)
+        return None
+    if t.dim() == 2 and axis == 0:
+        return t[None, None]
+    return None
+
+
+def _mask(mask: torch.Tensor | None, batch: int, heads: int) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if mask.dim() == 3 and mask.shape[0] == batch * heads:
+        return mask.reshape(batch, heads, mask.shape[1], mask.shape[2])
+    if mask.dim() == 3:
+        return mask.unsqueeze(1)
+    if mask.dim() == 2:
+        return mask[None, None]
+    return mask
+
+
+def fire_probes(probes: Sequence[Probe], state: CallState, record: LayerRecord) -> None:
+    """Give the wanting probes this call's q, k, scale, mask and probabilities. A probe's own
+    error is raised: it stops the forward, and the tracer adds a note naming the layer."""
+    wanted = [p for p in probes if getattr(p, "wants", None) is None or p.wants(record)]
+    main = state.main
+    if not wanted or main is None or main.query is None or main.key is None:
+        return
+    batch, heads = record.stage("query_heads").shape[:2] if record.has("query_heads") else (0, 0)
+    q = as_bhtd(main.query, main.q_axis, batch, heads)
+    k = as_bhtd(main.key, main.k_axis, batch, heads)
+    if q is None or k is None:
+        record.checks.append(Check("probes", False, "q and k were only seen in slices of the "
+                                   "heads; the probes were not given this call"))
+        return
+    probs = as_bhtd(main.probs, main.probs.dim() - 2, batch, heads) if main.probs is not None else None
+    mask = _mask(main.mask, batch, heads)
+    if main.causal:
+        n, m = q.shape[2], k.shape[2]
+        mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril(diagonal=m - n)[None, None]
+    rows, cols = cross_slices(main.q_segments, main.k_segments) if record.kind == "joint" else (None, None)
+    scale = main.scale if main.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    call = AttentionCall(record, q, k, scale, mask, probs, rows, cols)
+    for probe in wanted:
+        probe.on_attention(call)

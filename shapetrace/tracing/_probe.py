@@ -1,0 +1,105 @@
+"""What a probe (the map store, or your own) sees of one attention call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from shapetrace.journey import LayerRecord
+
+__all__ = ["AttentionCall", "Probe", "to_bhtd"]
+
+
+def to_bhtd(tensor: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
+    """A view of a per-head tensor (or scores, or a mask) in (B, H, T, X) layout.
+
+    >>> to_bhtd(torch.zeros(16, 1024, 40), batch=2, heads=8).shape
+    torch.Size([2, 8, 1024, 40])
+    """
+    if tensor.dim() == 4:
+        if tensor.shape[1] != heads and tensor.shape[2] == heads:
+            return tensor.transpose(1, 2)
+        return tensor
+    if tensor.dim() == 3 and tensor.shape[0] == batch * heads:
+        return tensor.reshape(batch, heads, tensor.shape[1], tensor.shape[2])
+    if tensor.dim() == 3 and tensor.shape[0] == batch:
+        return tensor.unsqueeze(1)
+    if tensor.dim() == 2:
+        return tensor[None, None]
+    raise ValueError(f"cannot read a {tuple(tensor.shape)} tensor as (B, H, T, X)")
+
+
+@dataclass
+class AttentionCall:
+    """One attention call, as the layer computed it.
+
+    ``query_heads`` (B, H, N, d) and ``key_heads`` (B, H, M, d) are the tensors that entered
+    the score computation (every token: in joint attention the image and text tokens in the
+    model's order). ``probs`` is (B, H, N, M) when the code materialized it. ``query_tokens``
+    and ``key_tokens`` select the layer's cross block: the image queries and the text keys of
+    a joint layer (None: every query, every key).
+    """
+
+    layer: LayerRecord
+    query_heads: torch.Tensor
+    key_heads: torch.Tensor
+    scale: float
+    mask: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+    query_tokens: slice | None = None
+    key_tokens: slice | None = None
+
+    def compute_probs(
+        self,
+        dtype: torch.dtype = torch.float32,
+        rows: torch.Tensor | None = None,
+        *,
+        grad: bool = False,
+    ) -> torch.Tensor:
+        """softmax(q kᵀ · scale) over the keys, computed beside the layer: (B, H, N, M), or
+        for a joint layer the image-query x text-key block of the joint softmax (normalized
+        over every key, so a row sums to the share of attention the text gets).
+
+        ``rows`` (a 1-D index of batch rows) computes only those rows: under classifier-free
+        guidance a store that keeps the conditional half pays for half. ``grad=True`` keeps
+        the autograd graph back to q and k (and so to the latents and the model's weights)
+        when the forward runs with gradients enabled, for losses on the maps
+        (Attend-and-Excite, Break-a-Scene); by default nothing is recorded for autograd.
+        """
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            if self.probs is not None:
+                probs = self.probs if rows is None else self.probs.index_select(0, rows)
+                return self._cross_block(probs, keys_only=False).to(dtype)
+            q, k, mask = self.query_heads, self.key_heads, self.mask
+            if rows is not None:
+                q, k = q.index_select(0, rows), k.index_select(0, rows)
+                if mask is not None and mask.dim() == 4 and mask.shape[0] > 1:
+                    mask = mask.index_select(0, rows)
+            if self.query_tokens is not None:
+                q = q[:, :, self.query_tokens]
+                if mask is not None and mask.dim() == 4 and mask.shape[2] > 1:
+                    mask = mask[:, :, self.query_tokens]
+            scores = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * self.scale
+            if mask is not None:
+                if mask.dtype == torch.bool:
+                    scores = scores.masked_fill(~mask, float("-inf"))
+                else:
+                    scores = scores + mask.to(dtype)
+            return self._cross_block(scores.softmax(dim=-1), keys_only=True)
+
+    def _cross_block(self, probs: torch.Tensor, *, keys_only: bool) -> torch.Tensor:
+        if not keys_only and self.query_tokens is not None:
+            probs = probs[:, :, self.query_tokens]
+        if self.key_tokens is not None:
+            probs = probs[..., self.key_tokens]
+        return probs
+
+
+@runtime_checkable
+class Probe(Protocol):
+    """Anything with ``on_attention(call)``; an optional ``wants(layer) -> bool`` says which
+    layers it wants (the tracer then skips the others)."""
+
+    def on_attention(self, call: AttentionCall) -> None: ...
