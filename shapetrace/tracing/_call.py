@@ -122,11 +122,14 @@ class CallState:
         )
         return pid
 
-    def new_piece(self, parent: int, piece: int, pieces: int, shape: Shape) -> int:
+    def new_piece(self, parent: int, piece: int, pieces: int) -> int:
+        """Piece ``piece`` of ``pieces`` of a fused projection: its share of the output
+        features, (…, N, width / pieces), whatever layout the code split it in."""
         base = self.projections[parent]
         pid = len(self.projections) + 1
+        shape = (*base.shape[:-1], base.shape[-1] // pieces)
         self.projections[pid] = Projection(
-            pid, base.name, base.in_features, base.out_features, tuple(shape), base.segments,
+            pid, base.name, base.in_features, base.out_features, shape, base.segments,
             parent=parent, piece=piece, pieces=pieces, in_shape=base.in_shape,
         )
         return pid

@@ -51,9 +51,10 @@ class Flow:
 
     ``seq`` is the span of axes holding the tokens (the query axis for scores and probs,
     whose key axis is ``key``); ``segments`` the token runs along it, or None when unknown.
-    ``lineage`` names the projections the tensor descends from; ``packed`` marks a fresh
-    projection output whose last axis is still the projection's own (so splitting it gives a
-    fused projection's pieces). ``scale`` is the product of scalars multiplied in so far.
+    ``lineage`` names the projections the tensor descends from; ``packed`` is the span of axes
+    still holding one projection's output features, so splitting its leading axis into 2 or 3
+    gives a fused projection's pieces (``to_qkv(x).chunk(3, -1)``, or timm's
+    ``qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)``). ``scale`` is the product of scalars multiplied in so far.
     ``whole`` is (a weak reference to the tensor this one was sliced from, its flow, the
     permutation applied since): a slice of the (B*H) axis or a chunk of the queries, kept
     through later transposes but dropped by any other op.
@@ -63,7 +64,7 @@ class Flow:
     seq: Span | None
     segments: tuple[Segment, ...] | None
     lineage: frozenset[int] = frozenset()
-    packed: bool = False
+    packed: Span | None = None
     scale: float = 1.0
     ops: tuple[str, ...] = ()
     key: Span | None = None
@@ -75,7 +76,7 @@ class Flow:
         """This flow after ``op``: the op chain grows (up to 8 ops), ``packed`` and the slice
         origin are dropped unless ``changes`` keep them."""
         ops = self.ops if len(self.ops) >= 8 else (*self.ops, op)
-        base: dict[str, Any] = {"ops": ops, "packed": False, "whole": None}
+        base: dict[str, Any] = {"ops": ops, "packed": None, "whole": None}
         base.update(changes)
         return replace(self, **base)
 

@@ -69,8 +69,9 @@ def carry(flow: Flow, op: str, mapper: Callable[[Span], Span | None], **changes:
     token span is lost)."""
     seq = mapper(flow.seq) if flow.seq is not None else None
     key = mapper(flow.key) if flow.key is not None else None
+    packed = mapper(flow.packed) if flow.packed is not None else None
     segments = flow.segments if seq is not None else None
-    base = {"seq": seq, "key": key, "segments": segments}
+    base = {"seq": seq, "key": key, "segments": segments, "packed": packed}
     base.update(changes)
     return flow.then(op, **base)
 
@@ -131,7 +132,12 @@ def permute(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, 
     if flow.whole is not None:  # a slice transposed (kᵀ of a key slice) still knows its whole
         ref, origin, before = flow.whole
         whole = (ref, origin, tuple(before[i] for i in perm) if before else tuple(perm))
-    return [(out, carry(flow, name, lambda span: map_permute(span, perm), whole=whole))]
+    packed = None
+    if flow.packed is not None:  # only the leading (pieces) axis of packed features matters
+        lead = [new for new, old in enumerate(perm) if int(old) % ndim == flow.packed[0]][0]
+        packed = (lead, lead + flow.packed[1] - flow.packed[0])
+    flow = carry(flow, name, lambda span: map_permute(span, perm), whole=whole, packed=packed)
+    return [(out, flow)]
 
 
 def index(

@@ -180,19 +180,26 @@ class Recorder(TorchFunctionMode):
         segments = flow.segments if flow.seq is not None else None
         shape = (int(weight.shape[0]), int(weight.shape[-1]))
         pid = state.new_projection(name, shape, (tuple(x.shape), tuple(out.shape)), segments)
+        packed = (out.dim() - 1, out.dim())
         self._put([(out, Flow(Role.PROJECTION, flow.seq, segments, frozenset({pid}),
-                              packed=True, ops=(name,)))])
+                              packed=packed, ops=(name,)))])
 
     def _split(self, state, name, args, kwargs, out, flow: Flow, keep_whole: bool) -> None:
         x = args[0]
         dim = kwargs.get("dim", args[1] if name == "unbind" and len(args) > 1 else
                          args[2] if len(args) > 2 else 0)
         pieces = [p for p in out if isinstance(p, torch.Tensor)]
-        fused = flow.packed and len(flow.lineage) == 1 and int(dim) % x.dim() == x.dim() - 1
-        if state is not None and flow.role is Role.PROJECTION and fused and name != "unbind":
+        dim = int(dim) % x.dim()
+        fused = (
+            flow.packed is not None and flow.packed[0] == dim and len(flow.lineage) == 1
+            and len(pieces) in (2, 3) and (name != "unbind" or flow.packed[1] - flow.packed[0] > 1)
+        )
+        if state is not None and flow.role is Role.PROJECTION and fused:
             (parent,) = flow.lineage
+            if name == "unbind":  # the pieces lose the unbound axis
+                flow = prop.split(name, args, kwargs, out, flow, False)[0][1]
             for i, piece in enumerate(pieces):  # a fused to_qkv / to_kv: one lineage per piece
-                pid = state.new_piece(parent, i, len(pieces), tuple(piece.shape))
+                pid = state.new_piece(parent, i, len(pieces))
                 self._put([(piece, flow.then(f"{name} {i + 1}/{len(pieces)}",
                                              lineage=frozenset({pid})))])
             return
