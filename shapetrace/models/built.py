@@ -28,9 +28,11 @@ def _check_int(name: str, value: object) -> int:
     return int(value)
 
 
-def check_size(height: object, width: object, batch: object = 1, *, factor: int = 8) -> None:
+def check_size(
+    height: object, width: object, batch: object = 1, *, factor: int = 8, why: str = ""
+) -> None:
     """Raise InputShapeError unless height and width are positive multiples of ``factor`` (the
-    VAE's 8) and batch >= 1.
+    VAE's 8, times the patch size of a transformer) and batch >= 1.
 
     Example::
 
@@ -41,17 +43,16 @@ def check_size(height: object, width: object, batch: object = 1, *, factor: int 
     """
     for name, value in (("height", height), ("width", width)):
         v = _check_int(name, value)
+        reason = why.format(name=name) if why else f"SD latents are {name}/{factor}"
         if v <= 0:
             raise InputShapeError(
-                f"{name} {v} must be positive; SD latents are {name}/{factor}, so use a "
-                f"positive multiple of {factor}, e.g. 512"
+                f"{name} {v} must be positive; {reason}, so use a positive multiple of "
+                f"{factor}, e.g. 512"
             )
         if v % factor:
             low, high = v - v % factor, v - v % factor + factor
             fix = f"use {low} or {high}" if low > 0 else f"use {high}"
-            raise InputShapeError(
-                f"{name} {v} is not divisible by {factor}; SD latents are {name}/{factor} — {fix}"
-            )
+            raise InputShapeError(f"{name} {v} is not divisible by {factor}; {reason} — {fix}")
     b = _check_int("batch", batch)
     if b < 1:
         raise InputShapeError(
@@ -63,9 +64,13 @@ def check_size(height: object, width: object, batch: object = 1, *, factor: int 
 class BuiltModel:
     """A model ready to trace: the module and the facts needed to feed it.
 
-    ``family`` is ``"unet"`` (a diffusers ``UNet2DConditionModel``: sample, timestep,
-    ``encoder_hidden_states``) or ``"reference"`` (``ReferenceModel``: x, t, tokens).
-    ``latent_channels`` is what the first input carries per pixel of the latent grid.
+    ``family`` says what its forward takes: ``"unet"`` (a diffusers
+    ``UNet2DConditionModel``: sample, timestep, ``encoder_hidden_states``), ``"sd3"``,
+    ``"flux"``, ``"pixart"`` (diffusers transformers), ``"text"`` (a CLIP text encoder:
+    input ids) or ``"reference"`` (``ReferenceModel``: x, t, tokens). ``latent_channels`` is
+    what the first input carries per latent pixel (per packed patch for Flux); ``patch`` the
+    transformer's patch size (Flux packs 2x2), so image sizes must be multiples of
+    ``vae_scale_factor * patch``.
 
     Example::
 
@@ -77,13 +82,15 @@ class BuiltModel:
 
     module: nn.Module
     name: str
-    family: Literal["unet", "reference"]
+    family: Literal["unet", "sd3", "flux", "pixart", "text", "reference"]
     context_dim: int
     latent_channels: int
     config: dict[str, Any] = field(default_factory=dict)
     weights: str = "meta"
     context_tokens: int = 77
     vae_scale_factor: int = 8
+    patch: int = 1
+    native: tuple[int, int] = (512, 512)
     vocab_size: int = 49408
     source: Path | None = None
     description: str = ""
@@ -101,9 +108,25 @@ class BuiltModel:
                 return p.dtype
         return torch.float32
 
+    @property
+    def size_factor(self) -> int:
+        """Image sizes must be multiples of this: the VAE's factor times the patch size."""
+        return self.vae_scale_factor * self.patch
+
     def num_parameters(self) -> int:
         """How many parameters the module holds (works on meta too)."""
         return sum(p.numel() for p in self.module.parameters())
+
+    def check_size(self, height: int, width: int, batch: int = 1) -> None:
+        """InputShapeError unless the size fits this model (see ``size_factor``)."""
+        if self.family == "text":  # a text encoder takes no image size; the batch still counts
+            check_size(self.size_factor, self.size_factor, batch, factor=self.size_factor)
+            return
+        why = "" if self.patch == 1 else (
+            f"the VAE divides the {{name}} by {self.vae_scale_factor} and the model's "
+            f"{self.patch}x{self.patch} patches divide the latent by {self.patch}"
+        )
+        check_size(height, width, batch, factor=self.size_factor, why=why)
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         """The latent grid (h, w) = (height/8, width/8) of an image size, checked first.
@@ -113,16 +136,29 @@ class BuiltModel:
             >>> build_model("sd15").latent_size(512, 768)
             (64, 96)
         """
-        check_size(height, width, 1, factor=self.vae_scale_factor)
+        self.check_size(height, width)
         return height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The grid of image tokens the denoiser's attention sees at its first level: the
+        latent for a UNet, the latent divided by the patch size for a transformer."""
+        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
+        return h // self.patch, w // self.patch
+
+    def grids(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Token grids these inputs vouch for where the model cannot show them (Flux's packed
+        latent on ``meta``, whose position ids hold no values); pass them to ``trace``."""
+        return [self.token_grid(height, width)] if self.family == "flux" else []
 
     def inputs(self, height: int, width: int, batch: int = 1, *, seed: int = 0) -> Args:
         """(args, kwargs) for one forward at this image size, on the model's device and dtype.
 
         UNet: ``(sample (B, 4, h, w), timestep (B,))``, ``{"encoder_hidden_states":
-        (B, 77, context_dim)}`` (plus SDXL's ``added_cond_kwargs`` when the config asks).
-        Reference: ``(x (B, C, h, w), t (B,), tokens (B, 77))``, ``{}``. Values come from a
-        CPU ``torch.Generator`` seeded with ``seed``; on meta the tensors are empty.
+        (B, 77, context_dim)}`` (plus SDXL's ``added_cond_kwargs`` when the config asks);
+        SD3, Flux and PixArt: keyword arguments (see ``shapetrace.models._inputs``); text:
+        ``(input_ids (B, 77),)``; reference: ``(x (B, C, h, w), t (B,), tokens (B, 77))``.
+        Values come from a CPU ``torch.Generator`` seeded with ``seed``; on meta the tensors
+        are empty.
 
         Example::
 
@@ -130,28 +166,10 @@ class BuiltModel:
             >>> [tuple(a.shape) for a in args]
             [(1, 320, 32, 32), (1,), (1, 77)]
         """
-        check_size(height, width, batch, factor=self.vae_scale_factor)
-        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
-        make = _Maker(self.device, self.dtype, seed)
-        B, M = batch, self.context_tokens
-        if self.family == "reference":
-            x = make.randn(B, self.latent_channels, h, w)
-            t = make.randint(1000, B)
-            tokens = make.randint(self.vocab_size, B, M)
-            return (x, t, tokens), {}
-        sample = make.randn(B, self.latent_channels, h, w)
-        timestep = make.randint(int(self.config.get("num_train_timesteps", 1000)), B)
-        kwargs: dict[str, Any] = {"encoder_hidden_states": make.randn(B, M, self.context_dim)}
-        if self.config.get("addition_embed_type") == "text_time":
-            # SDXL: pooled text embeddings plus 6 size/crop ids per row.
-            time_dim = int(self.config["addition_time_embed_dim"])
-            pooled = int(self.config["projection_class_embeddings_input_dim"]) - 6 * time_dim
-            ids = torch.tensor([height, width, 0, 0, height, width], dtype=torch.float32)
-            kwargs["added_cond_kwargs"] = {
-                "text_embeds": make.randn(B, pooled),
-                "time_ids": make.place(ids.expand(B, 6).clone()),
-            }
-        return (sample, timestep), kwargs
+        from shapetrace.models._inputs import make_inputs
+
+        self.check_size(height, width, batch)
+        return make_inputs(self, height, width, batch, seed)
 
     def run(self, height: int, width: int, batch: int = 1, *, seed: int = 0) -> Tensor:
         """One forward without gradients on :meth:`inputs`; the output tensor.
@@ -162,34 +180,13 @@ class BuiltModel:
             torch.Size([1, 4, 64, 64])
         """
         args, kwargs = self.inputs(height, width, batch, seed=seed)
-        if self.family == "unet":
-            kwargs = {**kwargs, "return_dict": False}
         with torch.no_grad():
             out = self.module(*args, **kwargs)
+        for attr in ("sample", "last_hidden_state"):
+            if hasattr(out, attr):
+                return getattr(out, attr)
         return out[0] if isinstance(out, tuple) else out
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the module itself."""
         return self.module(*args, **kwargs)
-
-
-class _Maker:
-    """Seeded tensors on CPU, moved to the model's device; empty ones on meta."""
-
-    def __init__(self, device: torch.device, dtype: torch.dtype, seed: int) -> None:
-        self.device, self.dtype = device, dtype
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def randn(self, *shape: int) -> Tensor:
-        if self.device.type == "meta":
-            return torch.empty(shape, device="meta", dtype=self.dtype)
-        x = torch.randn(shape, generator=self.generator)
-        return x.to(device=self.device, dtype=self.dtype)
-
-    def randint(self, high: int, *shape: int) -> Tensor:
-        if self.device.type == "meta":
-            return torch.empty(shape, device="meta", dtype=torch.long)
-        return torch.randint(0, high, shape, generator=self.generator).to(self.device)
-
-    def place(self, x: Tensor) -> Tensor:
-        return x.to(device=self.device, dtype=self.dtype)

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from shapetrace.errors import ModelLoadError
+from shapetrace.models._build import built_from, denoiser_class, text_factory
 from shapetrace.models._checkpoint import check_weights
 from shapetrace.models.built import BuiltModel
-from shapetrace.models.presets import PRESETS, Preset, get_preset, read_config
+from shapetrace.models.presets import DENOISER, PRESETS, Preset, get_preset, read_config
 from shapetrace.reference.model import ReferenceModel
 
 __all__ = ["build_model", "load_unet_folder"]
@@ -48,16 +49,30 @@ def build_model(
     dev = _device(device)
     path = _as_path(name_or_path)
     if path is None:
-        preset = get_preset(str(name_or_path))
+        preset, part = _preset_and_part(str(name_or_path))
         mode = _weights_mode(weights, dev, default="random", where=f"preset {preset.name!r}")
         if mode == "local":
             raise ModelLoadError(
                 f"weights='local' needs a folder, but {preset.name!r} is a preset; pass the "
                 "folder's path, or weights='random' / 'meta'"
             )
-        return _build_preset(preset, mode, dev, dtype, seed)
+        return _build_preset(preset, mode, dev, dtype, seed, part)
     mode = _weights_mode(weights, dev, default="local", where=str(path))
     return load_unet_folder(path, weights=mode, device=dev, dtype=dtype, seed=seed)
+
+
+def _preset_and_part(name: str) -> tuple[Preset, str | None]:
+    """``"sdxl"`` or ``"sdxl:text_encoder_2"``: the preset and the text encoder asked for."""
+    base, _, part = name.partition(":")
+    preset = get_preset(base)
+    if not part:
+        return preset, None
+    if part not in preset.text_parts:
+        have = ", ".join(f"{base}:{p}" for p in preset.text_parts) or "none"
+        raise ModelLoadError(
+            f"{name!r}: preset {base!r} has no text encoder {part!r}; its text encoders: {have}"
+        )
+    return preset, part
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -78,7 +93,7 @@ def _as_path(name_or_path: str | Path) -> Path | None:
     """The path meant, or None when the name is a preset (a preset wins over a same-named dir)."""
     if isinstance(name_or_path, Path):
         return name_or_path.expanduser()
-    if name_or_path in PRESETS:
+    if name_or_path.partition(":")[0] in PRESETS:
         return None
     looks_like_path = any(c in name_or_path for c in "/\\") or name_or_path.startswith(("~", "."))
     if looks_like_path or Path(name_or_path).exists():
@@ -133,24 +148,19 @@ def _unet_class() -> Any:
 
 def _unet_built(module: nn.Module, name: str, mode: str, **extra: Any) -> BuiltModel:
     """Wrap a UNet2DConditionModel, reading its context width and channels from its config."""
-    config = dict(module.config)  # type: ignore[arg-type]
-    cross = config["cross_attention_dim"]
-    return BuiltModel(
-        module=module,
-        name=name,
-        family="unet",
-        context_dim=int(cross[0] if isinstance(cross, (list, tuple)) else cross),
-        latent_channels=int(config["in_channels"]),
-        config=config,
-        weights=mode,
-        **extra,
-    )
+    return built_from(module, "unet", name, mode, **extra)
 
 
 def _build_preset(
-    preset: Preset, mode: str, dev: torch.device, dtype: torch.dtype, seed: int
+    preset: Preset, mode: str, dev: torch.device, dtype: torch.dtype, seed: int,
+    part: str | None = None,
 ) -> BuiltModel:
-    """A preset on meta or with seeded random weights."""
+    """A preset (or one of its text encoders) on meta or with seeded random weights."""
+    facts = {"native": preset.native, "description": preset.description}
+    if part is not None:
+        factory = text_factory(read_config(preset.parts[part]))
+        module = _instantiate(factory, mode, dev, dtype, seed)
+        return built_from(module, "text", f"{preset.name}:{part}", mode, **facts)
     if preset.family == "reference":
         kwargs = dict(preset.reference)
         module = _instantiate(lambda: ReferenceModel(**kwargs), mode, dev, dtype, seed)
@@ -163,12 +173,13 @@ def _build_preset(
             config=kwargs,
             weights=mode,
             vocab_size=int(kwargs.get("vocab_size", 49408)),
-            description=preset.description,
+            **facts,
         )
-    assert preset.unet is not None  # checked when presets.json was read
-    config = read_config(preset.unet)
-    unet = _instantiate(lambda: _unet_class().from_config(config), mode, dev, dtype, seed)
-    return _unet_built(unet, preset.name, mode, description=preset.description)
+    config = read_config(preset.parts[DENOISER[preset.family]])
+    cls = denoiser_class(preset.family)
+    module = _instantiate(lambda: cls.from_config(config), mode, dev, dtype, seed)
+    return built_from(module, preset.family, preset.name, mode,
+                      context_tokens=preset.context_tokens, **facts)
 
 
 def load_unet_folder(

@@ -1,8 +1,9 @@
 """The model presets, read from ``shapetrace/models/configs/presets.json``.
 
-A preset names config files shipped in the package (UNet, text encoder, scheduler) or, for the
-seeds' reference model, its constructor arguments. Adding SD 2.1 or SDXL is a new entry in
-``presets.json`` plus their config files, not new code.
+A preset names config files shipped in the package, one per part (``unet`` or
+``transformer``, ``text_encoder``, ``text_encoder_2``, ``scheduler``), its native image size
+and its text length, or, for the tutorials' reference model, its constructor arguments. The
+files are the models' published configs, facts checked by parameter count.
 """
 
 from __future__ import annotations
@@ -20,34 +21,57 @@ from shapetrace.errors import ModelLoadError
 __all__ = [
     "PRESETS",
     "Family",
+    "DENOISER",
     "Preset",
     "get_preset",
+    "part_config",
     "read_config",
     "scheduler_config",
     "text_encoder_config",
     "unet_config",
 ]
 
-Family = Literal["unet", "reference"]
-_FAMILIES: tuple[str, ...] = ("unet", "reference")
+Family = Literal["unet", "sd3", "flux", "pixart", "reference"]
+_FAMILIES: tuple[str, ...] = ("unet", "sd3", "flux", "pixart", "reference")
+#: The part that denoises, per family.
+DENOISER = {"unet": "unet", "sd3": "transformer", "flux": "transformer", "pixart": "transformer"}
+Part = Literal["unet", "transformer", "text_encoder", "text_encoder_2", "scheduler"]
 _CONFIG_PACKAGE = "shapetrace.models"
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One named model: which family it is and which packaged config files describe it.
+    """One named model: its family, its packaged config file per part, its native size.
 
-    ``unet``, ``text_encoder`` and ``scheduler`` are file names in ``models/configs`` (or None
-    where the preset has none); ``reference`` holds ``ReferenceModel`` keyword arguments.
+    ``parts`` maps ``unet`` or ``transformer``, ``text_encoder``, ``text_encoder_2`` and
+    ``scheduler`` to file names in ``models/configs``; ``reference`` holds ``ReferenceModel``
+    keyword arguments; ``context_tokens`` is how many text tokens the denoiser is given.
     """
 
     name: str
     family: Family
     description: str = ""
-    unet: str | None = None
-    text_encoder: str | None = None
-    scheduler: str | None = None
+    native: tuple[int, int] = (512, 512)
+    context_tokens: int = 77
+    parts: Mapping[str, str] = field(default_factory=dict)
     reference: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def unet(self) -> str | None:
+        return self.parts.get("unet")
+
+    @property
+    def text_encoder(self) -> str | None:
+        return self.parts.get("text_encoder")
+
+    @property
+    def scheduler(self) -> str | None:
+        return self.parts.get("scheduler")
+
+    @property
+    def text_parts(self) -> tuple[str, ...]:
+        """The text encoders this preset ships configs for, e.g. ("text_encoder", ...)."""
+        return tuple(p for p in ("text_encoder", "text_encoder_2") if p in self.parts)
 
 
 @cache
@@ -83,21 +107,26 @@ def _load_presets() -> Mapping[str, Preset]:
             raise ModelLoadError(
                 f"presets.json: preset {name!r} has family {family!r}; use one of {_FAMILIES}"
             )
-        if family == "unet" and not entry.get("unet"):
-            raise ModelLoadError(f"presets.json: unet preset {name!r} names no 'unet' config")
+        parts = dict(entry.get("parts") or {})
+        if family in DENOISER and not parts.get(DENOISER[family]):
+            raise ModelLoadError(
+                f"presets.json: {family} preset {name!r} names no {DENOISER[family]!r} config"
+            )
+        h, w = entry.get("native", (512, 512))
         presets[name] = Preset(
             name=name,
             family=cast(Family, family),
             description=entry.get("description", ""),
-            unet=entry.get("unet"),
-            text_encoder=entry.get("text_encoder"),
-            scheduler=entry.get("scheduler"),
+            native=(int(h), int(w)),
+            context_tokens=int(entry.get("context_tokens", 77)),
+            parts=MappingProxyType(parts),
             reference=MappingProxyType(dict(entry.get("reference") or {})),
         )
     return MappingProxyType(presets)
 
 
-#: Every preset by name: ``sd15``, ``tiny``, ``reference`` (and whatever presets.json adds).
+#: Every preset by name: ``sd15``, ``sd21``, ``sdxl``, ``sd3``, ``flux``, ``pixart``, ``tiny``,
+#: ``reference``.
 PRESETS: Mapping[str, Preset] = _load_presets()
 
 
@@ -119,16 +148,27 @@ def get_preset(name: str) -> Preset:
         ) from None
 
 
-def _config(name: str, part: Literal["unet", "text_encoder", "scheduler"]) -> dict[str, Any]:
+def _config(name: str, part: str) -> dict[str, Any]:
     """A fresh copy of one part's config for a preset."""
     preset = get_preset(name)
-    filename: str | None = getattr(preset, part)
+    filename = preset.parts.get(part)
     if filename is None:
+        have = ", ".join(n for n, p in PRESETS.items() if part in p.parts)
         raise ModelLoadError(
-            f"preset {name!r} ({preset.family}) has no separate {part} config; "
-            f"presets with one: {', '.join(n for n, p in PRESETS.items() if getattr(p, part))}"
+            f"preset {name!r} ({preset.family}) has no {part} config; presets with one: {have}"
         )
     return read_config(filename)
+
+
+def part_config(name: str, part: str) -> dict[str, Any]:
+    """The config of any part of a preset (``"text_encoder_2"``, ``"transformer"``, ...).
+
+    Example::
+
+        >>> part_config("sdxl", "text_encoder_2")["hidden_size"]
+        1280
+    """
+    return _config(name, part)
 
 
 def unet_config(name: str) -> dict[str, Any]:
