@@ -196,7 +196,7 @@ def test_header_gives_model_size_batch_device_latent_and_layer_counts() -> None:
     assert re.search(r"device\s+meta", text)
 
 
-def test_summary_table_has_one_row_per_layer_with_short_names_and_seed_numbers() -> None:
+def test_summary_table_has_one_row_per_layer_with_short_names_and_the_tables_numbers() -> None:
     text = render(LayerSummary(sd15_journey()))
     assert row_of(text, "2 down.0.0.attn2") == [
         "2",
@@ -237,7 +237,7 @@ def test_repeated_calls_are_counted_and_marked() -> None:
     again = attention_layer(FIRST_CROSS, call=1)
     journey = Journey(layers=[layer, again], model="m", height=256, width=256, batch=1)
     text = render(Report(journey))
-    assert "1 attention layer: 0 self, 1 cross (2 calls)" in text
+    assert "1 attention layer: 1 cross (2 calls)" in text
     assert "down.0.0.attn2 (call 1)" in text
 
 
@@ -250,16 +250,16 @@ def test_user_text_is_not_read_as_rich_markup() -> None:
 # --- console: resolution explainer ----------------------------------------------------------
 
 
-def test_explainer_says_seed_002_holds_at_256() -> None:
+def test_explainer_says_the_tutorial_table_holds_at_256() -> None:
     text = " ".join(render(ResolutionExplainer(sd15_journey(256, 256))).split())
     assert "image 256×256 → latent 32×32 (÷8) → attention grids 32×32, 16×16, 8×8, 4×4" in text
-    assert "Seed 002's numbers hold at this size" in text
+    assert "The common tutorial table, (1, 320, 32, 32) → (1, 1024, 320), holds at this size" in text
     assert "(B, 320, 32, 32), 32×32 = 1024 tokens, 8 heads of 40" in text
 
 
-def test_explainer_places_seed_002_at_256_when_tracing_512() -> None:
+def test_explainer_places_the_tutorial_table_at_256_when_tracing_512() -> None:
     text = " ".join(render(ResolutionExplainer(sd15_journey(512, 512))).split())
-    assert "is what a 256×256 image gives; at 512×512 the 320-channel level has 64×64 = 4096" in (
+    assert "holds at 256×256; at 512×512 the 320-channel level has 64×64 = 4096" in (
         text
     )
     assert "the 32×32 grid (1024 tokens) is the 640-channel level" in text
@@ -351,7 +351,7 @@ SEED_002_SHAPES = {
 }
 
 
-def test_journey_table_echoes_seed_002_step_by_step() -> None:
+def test_journey_table_echoes_the_tutorial_table_step_by_step() -> None:
     text = render(StageJourney(attention_layer(FIRST_CROSS)), width=200)
     assert f"Journey: {FIRST_CROSS}" in text
     for step, (stage, shape) in enumerate(SEED_002_SHAPES.items(), start=1):
@@ -482,11 +482,11 @@ def test_markdown_has_the_same_sections_and_numbers() -> None:
         "`(1, 8, 4096, 77)`",
     ]
     assert len(rows) == 2 + 32
-    assert "is what a 256×256 image gives" in md
+    assert "holds at 256×256" in md
     assert "softmax over the last axis, the 77 keys" in md
 
 
-def test_markdown_journey_rows_carry_seed_002_shapes() -> None:
+def test_markdown_journey_rows_carry_the_tutorial_tables_shapes() -> None:
     md = to_markdown(Journey(layers=[attention_layer(FIRST_CROSS)], height=256, width=256))
     rows = table_rows(md, "## Journey: ")
     shapes = {row[1].replace("\\_", "_"): row[2] for row in rows[2:]}

@@ -19,7 +19,7 @@ class ReferenceModel(nn.Module):
     residual) -> (B, C, h, w).
 
     Defaults match SD 1.5's first UNet level: 320 channels, 8 heads of 40, context 768.
-    At 256x256 (latent 32x32) the feature map is seed 002's (1, 320, 32, 32).
+    At 256x256 (latent 32x32) the feature map is the tutorial table's (1, 320, 32, 32).
 
     Example::
 

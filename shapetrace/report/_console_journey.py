@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shapetrace.journey import LayerRecord
-from shapetrace.report._explain import StageRow, legend, stage_rows
+from shapetrace.report._explain import StageRow, branch_views, legend, stage_rows
 from shapetrace.report._format import DASH, fmt_grid, heads_text, simple_table_width
 
 __all__ = ["OP_WIDTH", "WIDE", "StageJourney"]
@@ -121,3 +121,10 @@ class StageJourney:
                 notes.add_row(str(row.step), row.name, text)
             yield notes
         yield Text(legend(self.layer), style="dim")
+        for view in branch_views(self.layer):
+            branch = Table(title=view.title, title_justify="left", box=box.SIMPLE_HEAD)
+            for header in ("stage", "shape", "op"):
+                branch.add_column(header, overflow="fold")
+            for row in view.rows:
+                branch.add_row(*(Text(cell) for cell in row))
+            yield branch

@@ -1,8 +1,9 @@
 """One layer's journey as rows: step, stage, shape, layout, op and a sentence per stage.
 
-The sentences follow seed 002's table (Q from the image, K and V from the text projected
-768 → 320, split into heads, scores, softmax over the keys, weighted sum, merge, output), with
-every number read from the recorded shapes.
+The sentences follow the common tutorial table (Q from the image, K and V from the text
+projected 768 → 320, split into heads, scores, softmax over the keys, weighted sum, merge,
+output), with every number read from the recorded shapes; joint attention (SD3, Flux) gets its
+own: image and text tokens joined in the model's order, one softmax over both.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from shapetrace.journey import LayerRecord, Stage
 from shapetrace.report._format import DASH, TIMES, fmt_grid, fmt_shape, heads_text, symbolic
 
-__all__ = ["Dims", "StageRow", "legend", "stage_rows"]
+__all__ = ["BranchView", "Dims", "StageRow", "branch_views", "legend", "stage_rows"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Dims:
     d: int
     grid: tuple[int, int] | None
     cross: bool
+    joint: bool = False
+    text_first: bool = False
 
     @classmethod
     def of(cls, layer: LayerRecord) -> Dims:
@@ -49,18 +52,28 @@ class Dims:
         c_in = width("input")
         batch = axis("query", 0) or axis("input", 0)
         cross = layer.kind == "cross"
+        joint = layer.kind == "joint"
+        first = layer.segments.get("query", ())
+        if joint:
+            n: int | None = layer.tokens
+            m: int | None = layer.context_tokens
+        else:
+            n = axis("query", 1) or axis("query_heads", 2)
+            m = axis("key", 1) or axis("key_heads", 2) or axis("context", 1)
         return cls(
             B=batch,
-            N=axis("query", 1) or axis("query_heads", 2),
-            M=axis("key", 1) or axis("key_heads", 2) or axis("context", 1),
+            N=n,
+            M=m,
             C=axis("query", -1) or layer.heads * layer.head_dim,
             C_in=c_in,
-            D=(axis("context", -1) if cross else c_in) or c_in,
+            D=(axis("context", -1) if cross or joint else c_in) or c_in,
             C_out=width("output"),
             H=layer.heads,
             d=layer.head_dim,
             grid=layer.resolution,
             cross=cross,
+            joint=joint,
+            text_first=bool(first) and first[0].source == "context",
         )
 
 
@@ -93,7 +106,42 @@ def _scale_text(layer: LayerRecord, d: int) -> str:
     return f", scaled by {scale:.4g} (not 1/√d)"
 
 
+def _joint(stage: Stage, layer: LayerRecord, x: Dims) -> str | None:
+    """Sentences of a joint layer's stages, or None where the plain ones fit."""
+    name, tokens = stage.name, stage.shape[1] if len(stage.shape) > 1 else None
+    order = "text then image" if x.text_first else "image then text"
+    both = f"{_n(x.N)} image + {_n(x.M)} text tokens"
+    joined = x.N is not None and x.M is not None and tokens == x.N + x.M
+    if name in ("input", "output") and joined:
+        return f"the joined sequence: {both} ({order}, joined by the block before this layer)"
+    if name in ("query", "key", "value") and joined:
+        return f"{name[0].upper()} of the joined sequence ({order}, joined before this layer)"
+    if name.startswith("context_") and name != "context_output":
+        letter = name.removeprefix("context_")[0].upper()
+        return f"{letter} from the text tokens too: W_{letter} {_n(x.D)}{TIMES}{_n(x.C)} (joint attention)"
+    if name in ("query_heads", "key_heads", "value_heads"):
+        return f"{name[0].upper()} of {both} joined ({order}), split into {heads_text(x.H, x.d)}"
+    if name == "scores":
+        return f"Q·Kᵀ{_scale_text(layer, x.d)} over all {both}: image and text attend to each other"
+    if name == "probs":
+        return f"one softmax over all {_n((x.N or 0) + (x.M or 0))} keys, image and text together"
+    if name == "cross_probs":
+        return (
+            f"the image-query × text-key block: how much each of the {_n(x.N)} image tokens "
+            f"attends to each of the {_n(x.M)} text tokens (its rows sum to the text's share)"
+        )
+    if name == "attended":
+        return f"probs · V for all {both}"
+    if name == "merged":
+        return f"merge the {x.H} heads back: {x.H}{TIMES}{x.d} = {_n(x.C)}, before the split"
+    if name == "context_output":
+        return "the text tokens' output, going on to the next block's text stream"
+    return None
+
+
 def _explain(stage: Stage, layer: LayerRecord, x: Dims, has_map: bool) -> str:
+    if x.joint and (text := _joint(stage, layer, x)) is not None:
+        return text
     image = "image token" if x.grid is not None or has_map else "query token"
     keys = "text tokens" if x.cross else f"{image}s"
     source = "the text" if x.cross else "the same tokens (self-attention)"
@@ -149,6 +197,17 @@ def _explain(stage: Stage, layer: LayerRecord, x: Dims, has_map: bool) -> str:
     return ""
 
 
+def _layout(stage: Stage, x: Dims) -> str:
+    layout = symbolic(stage.name, len(stage.shape), joint=x.joint)
+    if not x.joint or x.N is None or x.M is None or len(stage.shape) != 3:
+        return layout
+    if stage.name in ("input", "query", "key", "value", "output") and stage.shape[1] == x.N + x.M:
+        return "(B, N+M, C)"  # image and text joined before the layer (Flux single-stream)
+    if stage.name in ("key", "value") and stage.shape[1] == x.N:
+        return "(B, N, C)"  # the image tokens' own keys and values
+    return layout
+
+
 def stage_rows(layer: LayerRecord) -> list[StageRow]:
     """The rows of ``layer``'s journey table, in recorded order, numbered from 1."""
     x = Dims.of(layer)
@@ -166,7 +225,7 @@ def stage_rows(layer: LayerRecord) -> list[StageRow]:
                 step=step,
                 name=stage.name,
                 shape=fmt_shape(stage.shape),
-                layout=symbolic(stage.name, len(stage.shape)),
+                layout=_layout(stage, x),
                 op=stage.op or DASH,
                 derived=stage.derived,
                 raw_shape=raw,
@@ -187,11 +246,33 @@ def legend(layer: LayerRecord) -> str:
     grid = f" ({fmt_grid(x.grid)})" if x.grid is not None else ""
     image = "image" if x.grid is not None or layer.has("feature_map") else "query"
     parts = [f"B={_n(x.B)} batch", f"N={_n(x.N)} {image} tokens{grid}"]
-    if x.cross:
+    if x.joint:
+        parts.append(f"M={_n(x.M)} text tokens (queries and keys hold all N+M)")
+    elif x.cross:
         parts.append(f"M={_n(x.M)} text tokens")
     else:
         parts.append(f"M={_n(x.M)} keys (= N, self-attention)")
     parts.append(f"C={_n(x.C)} = H·d = {x.H}·{x.d}")
-    if x.cross:
+    if x.cross or x.joint:
         parts.append(f"D={_n(x.D)} text width")
     return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class BranchView:
+    """A further attention computation of the layer (an IP-Adapter's image prompt), as a
+    title and (stage, shape, op) rows."""
+
+    title: str
+    rows: list[tuple[str, str, str]]
+
+
+def branch_views(layer: LayerRecord) -> list[BranchView]:
+    """One view per branch of ``layer``, in the order they ran."""
+    views = []
+    for b in layer.branches:
+        keys = " + ".join(f"{s.tokens} {s.source}" for s in b.segments.get("key", ()))
+        title = f"branch {b.name}: {b.kind}-attention of the same queries to {keys or 'other'} tokens"
+        rows = [(s.name, fmt_shape(s.shape), s.op or DASH) for s in b.stages]
+        views.append(BranchView(title, rows))
+    return views

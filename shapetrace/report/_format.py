@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from shapetrace.journey import LayerRecord, Stage
+from shapetrace.stages import stage_spec
 
 __all__ = [
     "DASH",
@@ -34,25 +35,11 @@ __all__ = [
 DASH = "—"
 TIMES = "×"
 
-#: The symbolic layout of each contract stage, in the normalized layout. C is the layer's
-#: inner width (H·d), D the context width, (h, w) the grid the N tokens come from.
-_SYMBOLIC: dict[str, str] = {
-    "feature_map": "(B, C, h, w)",
-    "input": "(B, N, C)",
-    "tokens": "(B, N, C)",
-    "context": "(B, M, D)",
-    "query": "(B, N, C)",
-    "key": "(B, M, C)",
-    "value": "(B, M, C)",
-    "query_heads": "(B, H, N, d)",
-    "key_heads": "(B, H, M, d)",
-    "value_heads": "(B, H, M, d)",
-    "scores": "(B, H, N, M)",
-    "probs": "(B, H, N, M)",
-    "attended": "(B, H, N, d)",
-    "merged": "(B, N, C)",
-    "output": "(B, N, C)",
-}
+#: Stages whose token axes hold every token of a joint layer (image and text): N+M there.
+_JOINT_TOKENS = frozenset(
+    {"query_heads", "key_heads", "value_heads", "scores", "probs", "attended", "merged"}
+)
+
 
 _SHORTEN: tuple[tuple[str, str], ...] = (
     (r"(^|\.)down_blocks\.", r"\1down."),
@@ -74,15 +61,22 @@ def maybe_shape(layer: LayerRecord, name: str) -> str:
     return fmt_shape(layer.shape(name)) if layer.has(name) else DASH
 
 
-def symbolic(name: str, ndim: int) -> str:
-    """The symbolic layout of a stage, e.g. ``(B, H, N, d)``; a dash for unknown stages or
-    when the recorded rank does not match the contract's."""
+def symbolic(name: str, ndim: int, *, joint: bool = False) -> str:
+    """The symbolic layout of a stage from the stage registry, e.g. ``(B, H, N, d)``; in a
+    joint layer the token axes that hold image and text together read ``N+M``. A dash for
+    stages the registry does not know or when the recorded rank differs.
+
+    >>> symbolic("scores", 4), symbolic("scores", 4, joint=True)
+    ('(B, H, N, M)', '(B, H, N+M, N+M)')
+    """
     if name in ("input", "output") and ndim == 4:
-        return _SYMBOLIC["feature_map"]
-    sym = _SYMBOLIC.get(name)
-    if sym is None or sym.count(",") + 1 != ndim:
+        name = "feature_map"
+    spec = stage_spec(name)
+    if spec is None or spec.layout.count(",") + 1 != ndim:
         return DASH
-    return sym
+    if joint and name in _JOINT_TOKENS:
+        return spec.layout.replace("N", "N+M").replace(", M", ", N+M")
+    return spec.layout
 
 
 def fmt_grid(resolution: Sequence[int] | None) -> str:

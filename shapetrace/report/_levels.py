@@ -1,4 +1,5 @@
-"""How image size becomes tokens: the resolution levels of a journey and where seed 002 holds.
+"""How image size becomes tokens: the resolution levels of a journey, and where the common
+tutorial table, (1, 320, 32, 32) -> (1, 1024, 320) with 8 heads of 40, holds.
 
 Everything is read from the layers' recorded ``resolution`` and query shapes, never from
 ``sqrt(N)``, so non-square sizes and models without a grid come out right.
@@ -12,9 +13,10 @@ from shapetrace.journey import Journey, LayerRecord
 from shapetrace.report._format import DASH, TIMES, block_of, channels, fmt_grid, heads_text
 from shapetrace.report._summary import latent_grid
 
-__all__ = ["Level", "block_columns", "levels", "resolution_lines", "seed_sentence"]
+__all__ = ["Level", "block_columns", "levels", "resolution_lines", "tutorial_sentence"]
 
-#: Seed 002's example: SD 1.5's 320-channel level on a 32×32 grid, 1024 tokens, 8 heads of 40.
+#: The common tutorial table's example: SD 1.5's 320-channel level on a 32×32 grid, 1024
+#: tokens, 8 heads of 40 (what a 256×256 image gives).
 SEED_CHANNELS = 320
 SEED_GRID = (32, 32)
 
@@ -44,11 +46,13 @@ class Level:
 def block_columns(found: list[Level]) -> list[tuple[str, str]]:
     """(header, kind) of the blocks columns: one column when every level's self layers sit
     in the same blocks as its cross layers (SD's UNet), else one per kind."""
-    if all(lv.blocks.get("cross") == lv.blocks.get("self") for lv in found):
-        return [("layers (cross and self)", "cross")]
     kinds = list(dict.fromkeys(k for lv in found for k in lv.blocks))
-    ordered = [k for k in ("cross", "self") if k in kinds] + [
-        k for k in kinds if k not in ("cross", "self")
+    if set(kinds) == {"cross", "self"} and all(
+        lv.blocks.get("cross") == lv.blocks.get("self") for lv in found
+    ):
+        return [("layers (cross and self)", "cross")]
+    ordered = [k for k in ("cross", "joint", "self") if k in kinds] + [
+        k for k in kinds if k not in ("cross", "joint", "self")
     ]
     return [(f"{kind} layers", kind) for kind in ordered]
 
@@ -98,12 +102,12 @@ def _size(journey: Journey) -> str | None:
     return f"{journey.height}{TIMES}{journey.width}"
 
 
-def seed_sentence(journey: Journey, found: list[Level] | None = None) -> str:
-    """Where seed 002's numbers (``(1, 320, 32, 32)``, 1024 tokens) hold for this journey.
+def tutorial_sentence(journey: Journey, found: list[Level] | None = None) -> str:
+    """Where the common tutorial table ((1, 320, 32, 32) → (1, 1024, 320)) holds.
 
-    >>> seed_sentence(journey_512)  # doctest: +SKIP
-    "Seed 002's feature map (1, 320, 32, 32), 1024 tokens at 320 channels, is what a
-    256×256 image gives; at 512×512 the 320-channel level has 64×64 = 4096 tokens ..."
+    >>> tutorial_sentence(journey_512)  # doctest: +SKIP
+    "The common tutorial table, (1, 320, 32, 32) → (1, 1024, 320), holds at 256×256; at
+    512×512 the 320-channel level has 64×64 = 4096 tokens ..."
     """
     found = levels(journey) if found is None else found
     gridded = [lv for lv in found if lv.grid is not None]
@@ -112,9 +116,10 @@ def seed_sentence(journey: Journey, found: list[Level] | None = None) -> str:
     if not at_320:
         widths = ", ".join(str(c) for c in dict.fromkeys(lv.channels for lv in found)) or DASH
         return (
-            f"Seed 002's table follows SD 1.5's {SEED_CHANNELS}-channel level on a "
-            f"{fmt_grid(SEED_GRID)} grid; this model has no {SEED_CHANNELS}-channel level "
-            f"(its attention widths: {widths}), so read its own numbers above."
+            f"The common tutorial table, (1, 320, 32, 32) → (1, 1024, 320), follows SD 1.5's "
+            f"{SEED_CHANNELS}-channel level on a {fmt_grid(SEED_GRID)} grid; this model has no "
+            f"{SEED_CHANNELS}-channel attention level (its widths: {widths}), so read its own "
+            "numbers above."
         )
     lv = at_320[0]
     assert lv.grid is not None
@@ -122,19 +127,17 @@ def seed_sentence(journey: Journey, found: list[Level] | None = None) -> str:
     heads = heads_text(lv.heads, lv.head_dim)
     if lv.grid == SEED_GRID:
         return (
-            f"Seed 002's numbers hold at this size: the {SEED_CHANNELS}-channel level is "
-            f"(B, {SEED_CHANNELS}, {gh}, {gw}), {gh}{TIMES}{gw} = {gh * gw} tokens, {heads}."
+            f"The common tutorial table, (1, 320, 32, 32) → (1, 1024, 320), holds at this size: "
+            f"the {SEED_CHANNELS}-channel level is (B, {SEED_CHANNELS}, {gh}, {gw}), "
+            f"{gh}{TIMES}{gw} = {gh * gw} tokens, {heads}."
         )
     size = _size(journey)
     gives = ""
     H, W = journey.height, journey.width
     if H is not None and W is not None and H % gh == 0 and W % gw == 0:
         sh, sw = H // gh, W // gw
-        gives = f" is what a {SEED_GRID[0] * sh}{TIMES}{SEED_GRID[1] * sw} image gives;"
-    head = (
-        f"Seed 002's feature map (1, {SEED_CHANNELS}, {SEED_GRID[0]}, {SEED_GRID[1]}), "
-        f"{seed_tokens} tokens at {SEED_CHANNELS} channels,"
-    )
+        gives = f" holds at {SEED_GRID[0] * sh}{TIMES}{SEED_GRID[1] * sw};"
+    head = f"The common tutorial table, (1, 320, 32, 32) → (1, {seed_tokens}, 320),"
     if not gives:
         head = head.rstrip(",") + " is SD 1.5's first level at a smaller image;"
     where = f"at {size}" if size else "at the traced size"
@@ -150,7 +153,7 @@ def seed_sentence(journey: Journey, found: list[Level] | None = None) -> str:
 
 
 def resolution_lines(journey: Journey, found: list[Level] | None = None) -> list[str]:
-    """The explainer's prose: image → latent → grids → tokens, then seed 002's place."""
+    """The explainer's prose: image → latent → grids → tokens, then the tutorial table's place."""
     found = levels(journey) if found is None else found
     gridded = [lv for lv in found if lv.grid is not None]
     grids = list(dict.fromkeys(lv.grid for lv in gridded))
@@ -171,10 +174,11 @@ def resolution_lines(journey: Journey, found: list[Level] | None = None) -> list
     if any(lv.grid is None for lv in found):
         lines.append(f"Layers without an image grid (text or plain sequences) show {DASH}.")
     if gridded:
-        lines.append(seed_sentence(journey, found))
+        lines.append(tutorial_sentence(journey, found))
     if journey.batch is not None and journey.batch != 1:
         lines.append(
-            f"Batch {journey.batch}: every shape starts with {journey.batch} where seed 002 "
-            "has 1 (with classifier-free guidance, diffusers puts the unconditional rows first)."
+            f"Batch {journey.batch}: every shape starts with {journey.batch} where the tutorial "
+            "table has 1 (with classifier-free guidance, diffusers puts the unconditional rows "
+            "first)."
         )
     return lines

@@ -52,6 +52,14 @@ def _dim(layer: LayerRecord, stage: str, axis: int) -> str:
         return DASH
 
 
+def _context(layer: LayerRecord) -> str:
+    """M: the text tokens of a cross or joint layer, the keys of a self layer."""
+    try:
+        return str(layer.context_tokens)
+    except KeyError:
+        return DASH
+
+
 def summary_rows(journey: Journey, layers: list[LayerRecord] | None = None) -> list[SummaryRow]:
     """One :class:`SummaryRow` per layer call (all of the journey's unless ``layers`` given).
 
@@ -77,7 +85,7 @@ def summary_rows(journey: Journey, layers: list[LayerRecord] | None = None) -> l
                 place=layer.place,
                 grid=fmt_grid(layer.resolution),
                 tokens=_dim(layer, "query", 1),
-                context=_dim(layer, "key", 1),
+                context=_context(layer),
                 width=_dim(layer, "query", -1),
                 heads=f"{layer.heads}{TIMES}{layer.head_dim}",
                 scores=scores,
@@ -94,9 +102,9 @@ def layer_count(journey: Journey) -> str:
     for layer in journey.layers:
         kinds.setdefault(layer.name, layer.kind)
     n = len(kinds)
-    parts = [f"{sum(k == kind for k in kinds.values())} {kind}" for kind in ("self", "cross")]
-    others = sorted({k for k in kinds.values() if k not in ("self", "cross")})
-    parts += [f"{sum(k == kind for k in kinds.values())} {kind}" for kind in others]
+    present = [k for k in ("self", "cross", "joint") if k in kinds.values()]
+    present += sorted({k for k in kinds.values() if k not in present})
+    parts = [f"{sum(k == kind for k in kinds.values())} {kind}" for kind in present]
     text = f"{n} attention layer{'s' if n != 1 else ''}: {', '.join(parts)}"
     if len(journey.layers) > n:
         text += f" ({len(journey.layers)} calls)"
@@ -148,6 +156,13 @@ def header_facts(journey: Journey) -> list[tuple[str, str]]:
     processors = sorted({layer.processor for layer in journey.layers if layer.processor})
     if processors:
         facts.append(("processor", ", ".join(processors)))
+    if journey.not_understood:
+        names = ", ".join(n.name for n in journey.not_understood[:3])
+        more = f" and {len(journey.not_understood) - 3} more" if len(journey.not_understood) > 3 else ""
+        facts.append(("not understood", f"{len(journey.not_understood)}: {names}{more}"))
+    skipped = {"other_threads": "calls from other threads", "recomputes": "checkpoint recomputes"}
+    for key, count in journey.skipped.items():
+        facts.append(("left out", f"{count} {skipped.get(key, key)}"))
     return facts
 
 

@@ -27,6 +27,7 @@ from shapetrace.report._summary import header_facts
 __all__ = [
     "JourneyHeader",
     "LayerSummary",
+    "NotUnderstoodTable",
     "Report",
     "ResolutionExplainer",
     "StageJourney",
@@ -57,14 +58,15 @@ class JourneyHeader:
 
 
 class ResolutionExplainer:
-    """How the image size becomes a grid and tokens at each level, and where seed 002 holds.
+    """How the image size becomes a grid and tokens at each level, and where the common
+    tutorial table holds.
 
     >>> Console().print(ResolutionExplainer(journey_512))  # doctest: +SKIP
       level   grid h×w   tokens N   channels     H×d   layers (cross and self)
           0      64×64       4096        320    8×40   down_blocks.0 (2), up_blocks.3 (3)
     ...
-    Seed 002's feature map (1, 320, 32, 32), 1024 tokens at 320 channels, is what a 256×256
-    image gives; at 512×512 the 320-channel level has 64×64 = 4096 tokens (8 heads of 40), ...
+    The common tutorial table, (1, 320, 32, 32) → (1, 1024, 320), holds at 256×256; at 512×512
+    the 320-channel level has 64×64 = 4096 tokens (8 heads of 40), ...
     """
 
     def __init__(self, journey: Journey) -> None:
@@ -119,11 +121,31 @@ class Report:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield JourneyHeader(self.journey)
         yield LayerSummary(self.journey, self.summary)
+        if self.journey.not_understood:
+            yield Text()
+            yield NotUnderstoodTable(self.journey)
         yield Text()
         yield ResolutionExplainer(self.journey)
         for layer in self.layers:
             yield Text()
             yield StageJourney(layer)
+
+
+class NotUnderstoodTable:
+    """The layers that ran but could not be read as attention, with the reason for each:
+    listed, never given a guessed label."""
+
+    def __init__(self, journey: Journey) -> None:
+        self.journey = journey
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = Table(title="Not understood", title_justify="left", title_style="bold yellow",
+                      box=box.SIMPLE_HEAD)
+        for header in ("layer", "type", "why"):
+            table.add_column(header, overflow="fold")
+        for entry in self.journey.not_understood:
+            table.add_row(Text(entry.name), Text(entry.module_type), Text(entry.reason))
+        yield table
 
 
 def print_report(

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 
 from shapetrace.journey import Journey, LayerRecord
-from shapetrace.report._explain import legend, stage_rows
+from shapetrace.report._explain import branch_views, legend, stage_rows
 from shapetrace.report._format import DASH, fmt_grid, heads_text
 from shapetrace.report._levels import block_columns, levels, resolution_lines
 from shapetrace.report._summary import header_facts, summary_rows
@@ -127,6 +127,9 @@ def _journey(layer: LayerRecord) -> list[str]:
         body.append([str(row.step), escape(row.name), shape, layout, op, escape(row.explanation)])
     lines += _table(header, body, {0})
     lines += ["", escape(legend(layer))]
+    for view in branch_views(layer):
+        rows = [[escape(name), _code(shape), escape(op)] for name, shape, op in view.rows]
+        lines += ["", f"### {escape(view.title)}", "", *_table(["stage", "shape", "op"], rows, set())]
     return lines
 
 
@@ -146,6 +149,11 @@ def to_markdown(
     | 10 | scores | *`(1, 8, 1024, 77)`* | `(B, H, N, M)` | *derived: q kᵀ · scale ...* | ... |
     """
     chosen = list(journey.cross[:1] or journey.layers[:1]) if layers is None else list(layers)
-    parts = [_header(journey), _summary(journey, summary), _resolution(journey)]
+    parts = [_header(journey), _summary(journey, summary)]
+    if journey.not_understood:
+        rows = [[escape(n.name), escape(n.module_type), escape(n.reason)]
+                for n in journey.not_understood]
+        parts.append(["## Not understood", "", *_table(["layer", "type", "why"], rows, set())])
+    parts.append(_resolution(journey))
     parts += [_journey(layer) for layer in chosen]
     return "\n\n".join("\n".join(p) for p in parts) + "\n"
