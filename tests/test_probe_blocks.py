@@ -1,0 +1,109 @@
+"""What probes get: in joint attention the image-query x text-key block of the softmax over
+every key, in the model's own token order; whole q and k under sliced attention; gradients
+when asked. References are computed here from what the attention op really received,
+captured by wrapping ``scaled_dot_product_attention`` (not through the tracer)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import shapetrace
+from shapetrace.tracing import AttentionCall
+from tests import tiny_models
+
+
+class Collect:
+    """A probe that keeps each call's cross block in float64."""
+
+    def __init__(self, grad: bool = False) -> None:
+        self.calls: list[AttentionCall] = []
+        self.blocks: list[torch.Tensor] = []
+        self.grad = grad
+
+    def on_attention(self, call: AttentionCall) -> None:
+        self.calls.append(call)
+        self.blocks.append(call.compute_probs(torch.float64, grad=self.grad))
+
+
+@pytest.fixture
+def sdpa_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = F.scaled_dot_product_attention
+
+    def recording(query, key, *args, **kwargs):
+        seen.append((query.detach().clone(), key.detach().clone()))
+        return original(query, key, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    return seen
+
+
+def _reference(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    q64, k64 = q.double(), k.double()
+    return torch.softmax(q64 @ k64.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+
+
+def test_sd3_probes_get_the_image_rows_and_text_columns_of_the_joint_softmax(sdpa_inputs) -> None:
+    model, args, kwargs, _config = tiny_models.sd3(batch=2, height=128, width=128, text=7)
+    probe = Collect()
+    with torch.no_grad(), shapetrace.trace(model, probes=[probe]):
+        model(*args, **kwargs)
+    assert len(probe.blocks) == len(sdpa_inputs) == 2
+    n = 64  # (128/8/2)^2 image tokens, then 7 text tokens
+    for block, (q, k), call in zip(probe.blocks, sdpa_inputs, probe.calls):
+        assert call.query_heads.shape == (2, 2, n + 7, 8) and call.layer.kind == "joint"
+        want = _reference(q, k)[:, :, :n, n:]
+        assert block.shape == (2, 2, n, 7)
+        torch.testing.assert_close(block, want, rtol=0, atol=1e-12)
+        assert bool((block.sum(-1) < 1).all())  # a share of the joint softmax, not renormalized
+
+
+def test_flux_probes_take_the_text_first_order_into_account(sdpa_inputs) -> None:
+    model, args, kwargs, _config = tiny_models.flux(batch=1, rows=4, cols=6, text=5)
+    probe = Collect()
+    with torch.no_grad(), shapetrace.trace(model, probes=[probe]):
+        model(*args, **kwargs)
+    assert len(probe.blocks) == len(sdpa_inputs) == 4  # 2 double-stream + 2 single-stream
+    for block, (q, k) in zip(probe.blocks, sdpa_inputs):
+        torch.testing.assert_close(block, _reference(q, k)[:, :, 5:, :5], rtol=0, atol=1e-12)
+
+
+def test_sliced_attention_gives_probes_the_whole_heads(sdpa_inputs) -> None:
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from shapetrace.models import build_model
+
+    built = build_model("tiny", device="cpu", seed=0)
+    args, kwargs = built.inputs(64, 64, 2)
+    built.module.set_attn_processor(AttnProcessor())
+    whole = Collect()
+    with torch.no_grad(), shapetrace.trace(built.module, probes=[whole]):
+        built.module(*args, **kwargs)
+    built.module.set_attention_slice(3)  # 16 rows of (B*H) in slices of 3: the last is 1 row
+    sliced = Collect()
+    with torch.no_grad(), shapetrace.trace(built.module, probes=[sliced]) as journey:
+        built.module(*args, **kwargs)
+    assert not journey.violations and len(sliced.blocks) == len(whole.blocks) == 32
+    assert all(c.probs is not None for c in whole.calls)  # AttnProcessor materializes them
+    assert all(c.probs is None and c.query_heads.shape[:2] == (2, 8) for c in sliced.calls)
+    for a, b in zip(whole.blocks, sliced.blocks):  # float32 probs vs float64 from whole q, k
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_joint_blocks_keep_their_graph_to_the_inputs_when_asked() -> None:
+    model, args, kwargs, _config = tiny_models.sd3(batch=1, height=64, width=64, text=3)
+    latents = kwargs["hidden_states"].clone().requires_grad_(True)
+    probe = Collect(grad=True)
+    with shapetrace.trace(model, probes=[probe], monitors=False):
+        model(**{**kwargs, "hidden_states": latents})
+    loss = sum(block[..., 0].max() for block in probe.blocks)
+    (grad,) = torch.autograd.grad(loss, latents)
+    assert grad.abs().sum() > 0
+    plain = Collect()
+    with shapetrace.trace(model, probes=[plain], monitors=False):
+        model(**{**kwargs, "hidden_states": latents})
+    assert all(not block.requires_grad for block in plain.blocks)
