@@ -26,8 +26,8 @@ GOLDEN_DIR = Path(__file__).resolve().parent.parent / "reports" / "golden"
 class Case:
     name: str
     model: str
-    height: int
-    width: int
+    height: int | None = None  # None: the model's native size
+    width: int | None = None
     batch: int = 1
     processor: str | None = None
 
@@ -55,8 +55,22 @@ def _sd15_cases() -> list[Case]:
     return cases
 
 
+#: Every preset at its native size (SD 2.1 at 768, SDXL, SD3, Flux and PixArt at 1024), and
+#: the text encoders whose configs ship with the presets.
+NATIVE: tuple[Case, ...] = (
+    Case("sd21-768-b1", "sd21"),
+    Case("sdxl-1024-b1", "sdxl"),
+    Case("sd3-1024-b1", "sd3"),
+    Case("flux-1024-b1", "flux"),
+    Case("pixart-1024-b1", "pixart"),
+    Case("sd15-text-encoder-b1", "sd15:text_encoder"),
+    Case("sd21-text-encoder-b1", "sd21:text_encoder"),
+    Case("sdxl-text-encoder-2-b1", "sdxl:text_encoder_2"),
+)
+
 CASES: tuple[Case, ...] = (
     *_sd15_cases(),
+    *NATIVE,
     Case("tiny-64-b2", "tiny", 64, 64, 2),
     Case("reference-256-b1", "reference", 256, 256, 1),
 )
@@ -85,6 +99,11 @@ def contract(journey: dict[str, Any]) -> dict[str, Any]:
                     for s in layer["stages"]
                 },
                 "checks": {c["name"]: c["ok"] for c in layer.get("checks", [])},
+                "segments": layer.get("segments", {}),
+                "branches": {
+                    b["name"]: {s["name"]: s["shape"] for s in b["stages"]}
+                    for b in layer.get("branches", [])
+                },
             }
         )
     keys = ("model", "height", "width", "batch")
@@ -128,9 +147,10 @@ def diff_contracts(case: str, golden: dict[str, Any], now: dict[str, Any]) -> li
 
 def _diff_layer(case: str, name: str, a: dict[str, Any], b: dict[str, Any]) -> list[Change]:
     changes = []
-    for field in ("kind", "place", "resolution", "processor", "heads", "head_dim"):
-        if a[field] != b[field]:
-            changes.append(Change(case, name, "-", field, a[field], b[field]))
+    for field in ("kind", "place", "resolution", "processor", "heads", "head_dim", "segments",
+                  "branches"):
+        if a.get(field) != b.get(field):
+            changes.append(Change(case, name, "-", field, a.get(field), b.get(field)))
     for stage in sorted(a["stages"].keys() | b["stages"].keys()):
         sa, sb = a["stages"].get(stage), b["stages"].get(stage)
         if sa is None or sb is None:
