@@ -40,6 +40,9 @@ class Settings:
     maps_time_pairs: int = 3
     prompt: str = "a cat sitting on a mat"
     guidance: float = 7.5
+    # 4. journeys on meta against a plain meta forward (native size)
+    meta_forward_models: tuple[str, ...] = ("sd15", "sdxl", "flux")
+    meta_forward_pairs: int = 7
     timeout_s: int = 900
     # memory workers: large blocks are mmapped and unmapped on free, so peak RSS follows live
     # memory instead of what glibc keeps cached (isolated runs only)
@@ -68,5 +71,7 @@ QUICK = Settings(
     maps_memory_reps=1,
     maps_time_steps=2,
     maps_time_pairs=1,
+    meta_forward_models=("sd15",),
+    meta_forward_pairs=1,
     timeout_s=300,
 )

@@ -12,7 +12,9 @@ understood.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -30,6 +32,10 @@ _HEAD_ATTRS = ("heads", "num_heads", "n_heads", "n_head", "num_attention_heads")
 _SCALE_ATTRS = ("scale", "scaling")
 _NAMED = re.compile(r"attention|attn", re.IGNORECASE)
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict)
+#: layer -> (its processor when read, id(weight) -> name); the layer itself is never touched
+_WEIGHT_NAMES: weakref.WeakKeyDictionary[nn.Module, tuple[Any, dict[int, str]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _diffusers_attention_types() -> tuple[type, ...]:
@@ -144,12 +150,19 @@ class LayerInfo:
         return found
 
     def weight_names(self) -> dict[int, str]:
-        """id(weight) -> the Linear's path inside the layer, to name projections in ops."""
-        return {
+        """id(weight) -> the Linear's path inside the layer, to name projections in ops;
+        read once per processor (a new processor may bring its own projections)."""
+        processor = getattr(self.module, "processor", None)
+        cached = _WEIGHT_NAMES.get(self.module)
+        if cached is not None and cached[0] is processor:
+            return cached[1]
+        names = {
             id(m.weight): path
             for path, m in self.module.named_modules()
             if isinstance(m, nn.Linear) and path
         }
+        _WEIGHT_NAMES[self.module] = (processor, names)
+        return names
 
 
 def _prefixes(name: str) -> list[str]:

@@ -11,7 +11,7 @@ by name: the score op decides which lineage was the query and which the key.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -76,9 +76,20 @@ class Flow:
         """This flow after ``op``: the op chain grows (up to 8 ops), ``packed`` and the slice
         origin are dropped unless ``changes`` keep them."""
         ops = self.ops if len(self.ops) >= 8 else (*self.ops, op)
-        base: dict[str, Any] = {"ops": ops, "packed": None, "whole": None}
-        base.update(changes)
-        return replace(self, **base)
+        get = changes.get
+        return Flow(
+            get("role", self.role),
+            get("seq", self.seq),
+            get("segments", self.segments),
+            get("lineage", self.lineage),
+            get("packed"),
+            get("scale", self.scale),
+            ops,
+            get("key", self.key),
+            get("key_segments", self.key_segments),
+            get("key_lineage", self.key_lineage),
+            get("whole"),
+        )
 
     @property
     def seq_axis(self) -> int | None:

@@ -96,6 +96,8 @@ def elementwise(name: str, args: tuple[Any, ...], out: Any, flows: Out) -> Out:
     projection, RoPE's rotated half) join its lineage; scalars multiplied into q, k or the
     scores join its scale."""
     lead_t, lead = flows[0]
+    if lead.role is Role.TOKENS and isinstance(out, torch.Tensor) and out.shape == lead_t.shape:
+        return [(out, lead)]  # a block's norms and MLP keep the tokens where they were
     lineage = lead.lineage.union(*(f.lineage for _t, f in flows[1:] if f.role is lead.role))
     scale = lead.scale
     factor = _scalar(args) if lead.role in (Role.PROJECTION, Role.SCORES) else None
