@@ -19,8 +19,10 @@ from typing import Any
 from torch import nn
 
 __all__ = [
+    "Discovered",
     "LayerInfo",
     "block_parents",
+    "discover",
     "find_attention_layers",
     "geometry_ancestors",
     "patch_embeddings",
@@ -234,4 +236,56 @@ def patch_embeddings(model: nn.Module) -> list[nn.Module]:
         proj = module._modules.get("proj")
         if isinstance(size, int) and isinstance(proj, nn.Conv2d) and proj.stride == (size, size):
             found.append(module)
+    return found
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """Everything the tracer hooks in one model: its layers, the blocks around them, the
+    modules whose inputs give grids, its patch embeddings."""
+
+    layers: tuple[LayerInfo, ...]
+    blocks: tuple[nn.Module, ...]
+    ancestors: tuple[nn.Module, ...]
+    patches: tuple[nn.Module, ...]
+    generation: int
+
+
+#: Bumped whenever any module anywhere gets a submodule (assignment, ``add_module``, a
+#: container's append): a model's cached discovery is then stale. Deleting a submodule is
+#: not seen, and needs none: a cached layer that no longer runs is simply never called.
+_GENERATION = [0]
+_WATCHING: list[Any] = []
+_DISCOVERED: weakref.WeakKeyDictionary[nn.Module, Discovered] = weakref.WeakKeyDictionary()
+
+
+def _changed(_module: nn.Module, _name: str, _submodule: nn.Module | None) -> None:
+    _GENERATION[0] += 1
+
+
+def discover(model: nn.Module) -> Discovered:
+    """The model's attention layers and the modules around them, found once per model and
+    found again only after its module tree changed, so a ``with trace(model)`` around every
+    denoising step costs hooks, not a search.
+
+    >>> discover(unet).layers[0].name                      # doctest: +SKIP
+    'down_blocks.0.attentions.0.transformer_blocks.0.attn1'
+    """
+    if not _WATCHING:
+        from torch.nn.modules.module import register_module_module_registration_hook
+
+        _WATCHING.append(register_module_module_registration_hook(_changed))
+    found = _DISCOVERED.get(model)
+    if found is not None and found.generation == _GENERATION[0]:
+        return found
+    generation = _GENERATION[0]
+    layers = find_attention_layers(model)
+    found = Discovered(
+        layers=tuple(layers),
+        blocks=tuple(block_parents(model, layers)),
+        ancestors=tuple(m for _n, m in geometry_ancestors(model, layers)),
+        patches=tuple(patch_embeddings(model)),
+        generation=generation,
+    )
+    _DISCOVERED[model] = found
     return found

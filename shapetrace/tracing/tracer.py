@@ -17,13 +17,7 @@ from shapetrace.errors import NoAttentionLayersError, ShapeTraceError
 from shapetrace.journey import Journey, NotUnderstood
 from shapetrace.tracing import _monitors
 from shapetrace.tracing._call import CallState
-from shapetrace.tracing._discover import (
-    LayerInfo,
-    block_parents,
-    find_attention_layers,
-    geometry_ancestors,
-    patch_embeddings,
-)
+from shapetrace.tracing._discover import Discovered, LayerInfo, discover
 from shapetrace.tracing._fire import fire_probes
 from shapetrace.tracing._geometry import Grid, first_tensor, grid_of_input, grid_of_patches
 from shapetrace.tracing._inputs import layer_inputs, tag_inputs, tag_outputs
@@ -104,7 +98,8 @@ class Tracer:
                 "Start a new one with shapetrace.trace(model)."
             )
         self._used = True
-        self.layers = find_attention_layers(self.module)
+        found = discover(self.module)
+        self.layers = list(found.layers)
         if not self.layers:
             n = sum(1 for _ in self.module.modules())
             raise NoAttentionLayersError(
@@ -118,7 +113,7 @@ class Tracer:
         self._warnings.__enter__()
         warnings.filterwarnings("ignore", message=_SILENCED)
         try:
-            self._install()
+            self._install(found)
         except BaseException:
             self._remove()
             raise
@@ -141,14 +136,14 @@ class Tracer:
                 "the model inside the `with shapetrace.trace(model)` block, on this thread."
             )
 
-    def _install(self) -> None:
-        for info in self.layers:
+    def _install(self, found: Discovered) -> None:
+        for info in found.layers:
             self._hook_layer(info)
-        for module in block_parents(self.module, self.layers):
+        for module in found.blocks:
             self._hook_block(module)
-        for _name, module in geometry_ancestors(self.module, self.layers):
+        for module in found.ancestors:
             self._hook_geometry(module)
-        for module in patch_embeddings(self.module):
+        for module in found.patches:
             self._handles.append(module.register_forward_pre_hook(self._patch_pre))
         self._handles.append(
             self.module.register_forward_pre_hook(
