@@ -30,10 +30,15 @@ def set_processor(module: torch.nn.Module, name: str, *, family: str = "unet") -
     if name not in PROCESSORS:
         raise InputShapeError(f"unknown processor {name!r}; choose one of {', '.join(PROCESSORS)}")
     setter = getattr(module, "set_attn_processor", None)
-    if not callable(setter) or family not in ("unet", "pixart"):
+    if not callable(setter):
         raise InputShapeError(
-            f"--processor {name} cannot be set on {type(module).__name__} ({family}): it applies "
-            "to UNets and PixArt; SD3 and Flux run joint attention with their own processors"
+            f"{type(module).__name__} has no diffusers attention processors to set; "
+            "--processor applies to UNets and PixArt (sd15, sd21, sdxl, pixart, tiny, a folder)"
+        )
+    if family not in ("unet", "pixart"):
+        raise InputShapeError(
+            f"--processor {name} cannot be set on {type(module).__name__} ({family}): it "
+            "computes plain attention; SD3 and Flux run joint attention with their own processors"
         )
     setter(getattr(ap, name)())
 
