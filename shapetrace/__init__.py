@@ -19,7 +19,6 @@ from shapetrace.errors import (
     ModuleContractError,
     NoAttentionLayersError,
     ShapeTraceError,
-    TraceError,
 )
 from shapetrace.journey import Journey, LayerRecord, Stage
 
@@ -39,7 +38,6 @@ __all__ = [
     "NoAttentionLayersError",
     "ShapeTraceError",
     "Stage",
-    "TraceError",
     "trace",
     "trace_model",
 ]

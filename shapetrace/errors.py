@@ -8,7 +8,6 @@ __all__ = [
     "ModuleContractError",
     "NoAttentionLayersError",
     "ShapeTraceError",
-    "TraceError",
 ]
 
 
@@ -31,10 +30,6 @@ class NoAttentionLayersError(ShapeTraceError, LookupError):
     """Raised when a model holds no attention layer shapetrace can hook, or a forward ran
     without calling any of them. Silence here would mean an empty report."""
 
-
-class TraceError(ShapeTraceError, RuntimeError):
-    """Raised when a forward fails inside a traced attention layer; the message names the
-    layer and the shapes it was given, and the original error is chained."""
 
 
 class ModelLoadError(ShapeTraceError, OSError):

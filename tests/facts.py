@@ -66,7 +66,9 @@ def _per_block(value: Any, blocks: int) -> list[int]:
     return list(value) if isinstance(value, (list, tuple)) else [value] * blocks
 
 
-def unet_layers(config: dict[str, Any], height: int, width: int, context_tokens: int = 77) -> list[Layer]:
+def unet_layers(
+    config: dict[str, Any], height: int, width: int, context_tokens: int = 77
+) -> list[Layer]:
     """Every attention layer of a UNet2DConditionModel with cross-attention transformer blocks."""
     down, up = config["down_block_types"], config["up_block_types"]
     channels = list(config["block_out_channels"])
@@ -82,7 +84,9 @@ def unet_layers(config: dict[str, Any], height: int, width: int, context_tokens:
         for t in range(layers):
             base = f"{prefix}.transformer_blocks.{t}"
             out.append(Layer(f"{base}.attn1", "self", grid, n_heads, c // n_heads, n, 0, c))
-            out.append(Layer(f"{base}.attn2", "cross", grid, n_heads, c // n_heads, n, context_tokens, c))
+            out.append(
+                Layer(f"{base}.attn2", "cross", grid, n_heads, c // n_heads, n, context_tokens, c)
+            )
 
     for i, kind in enumerate(down):
         if "CrossAttn" in kind:
@@ -94,8 +98,13 @@ def unet_layers(config: dict[str, Any], height: int, width: int, context_tokens:
         level = last - i
         if "CrossAttn" in kind:
             for j in range(per_block + 1):
-                transformer(f"up_blocks.{i}.attentions.{j}", channels[level], heads[level],
-                            depth[level], level)
+                transformer(
+                    f"up_blocks.{i}.attentions.{j}",
+                    channels[level],
+                    heads[level],
+                    depth[level],
+                    level,
+                )
     return out
 
 
@@ -121,8 +130,10 @@ def flux_layers(config: dict[str, Any], height: int, width: int, text: int = 512
         return Layer(name, "joint", grid, h, d, n, text, h * d, "context", joined)
 
     double = [layer(f"transformer_blocks.{i}.attn", False) for i in range(config["num_layers"])]
-    single = [layer(f"single_transformer_blocks.{i}.attn", True)
-              for i in range(config["num_single_layers"])]
+    single = [
+        layer(f"single_transformer_blocks.{i}.attn", True)
+        for i in range(config["num_single_layers"])
+    ]
     return double + single
 
 

@@ -147,8 +147,16 @@ def diff_contracts(case: str, golden: dict[str, Any], now: dict[str, Any]) -> li
 
 def _diff_layer(case: str, name: str, a: dict[str, Any], b: dict[str, Any]) -> list[Change]:
     changes = []
-    for field in ("kind", "place", "resolution", "processor", "heads", "head_dim", "segments",
-                  "branches"):
+    for field in (
+        "kind",
+        "place",
+        "resolution",
+        "processor",
+        "heads",
+        "head_dim",
+        "segments",
+        "branches",
+    ):
         if a.get(field) != b.get(field):
             changes.append(Change(case, name, "-", field, a.get(field), b.get(field)))
     for stage in sorted(a["stages"].keys() | b["stages"].keys()):

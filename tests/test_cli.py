@@ -119,7 +119,7 @@ def test_trace_prints_header_summary_explainer_and_first_cross_journey(
     out = capsys.readouterr().out
     assert "6 attention layers: 3 self, 3 cross" in out
     assert "down.0.0.attn2" in out
-    assert "Seed 002's numbers hold at this size" in out
+    assert "(1, 320, 32, 32) → (1, 1024, 320), holds at this size" in out
     assert f"Journey: {FIRST_CROSS}" in out
     assert out.count("Journey: ") == 1
 
@@ -373,7 +373,7 @@ def test_sd15_at_256_gives_seed_002s_table(
     assert {k: shapes.get(k) for k in SEED_002} == SEED_002
     out = capsys.readouterr().out
     assert "32 attention layers: 16 self, 16 cross" in out
-    assert "Seed 002's numbers hold at this size" in out
+    assert "(1, 320, 32, 32) → (1, 1024, 320), holds at this size" in out
     assert "softmax over the last axis, the 77 keys" in " ".join(out.split())
 
 

@@ -95,7 +95,7 @@ def test_sliced_attention_gives_probes_the_whole_heads(sdpa_inputs) -> None:
 
 
 def test_joint_blocks_keep_their_graph_to_the_inputs_when_asked() -> None:
-    model, args, kwargs, _config = tiny_models.sd3(batch=1, height=64, width=64, text=3)
+    model, _args, kwargs, _config = tiny_models.sd3(batch=1, height=64, width=64, text=3)
     latents = kwargs["hidden_states"].clone().requires_grad_(True)
     probe = Collect(grad=True)
     with shapetrace.trace(model, probes=[probe], monitors=False):

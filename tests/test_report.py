@@ -253,7 +253,7 @@ def test_user_text_is_not_read_as_rich_markup() -> None:
 def test_explainer_says_the_tutorial_table_holds_at_256() -> None:
     text = " ".join(render(ResolutionExplainer(sd15_journey(256, 256))).split())
     assert "image 256×256 → latent 32×32 (÷8) → attention grids 32×32, 16×16, 8×8, 4×4" in text
-    assert "The common tutorial table, (1, 320, 32, 32) → (1, 1024, 320), holds at this size" in text
+    assert "(1, 320, 32, 32) → (1, 1024, 320), holds at this size" in text
     assert "(B, 320, 32, 32), 32×32 = 1024 tokens, 8 heads of 40" in text
 
 

@@ -30,7 +30,10 @@ def test_sd3_report_shows_joint_layers_their_order_and_cross_block() -> None:
     assert re.search(r"cross_probs\s+\(1, 24, 256, 333\)\s+\(B, H, N, M\)", text)
     assert "joined (image then text)" in text
     md = to_markdown(journey)
-    assert "| cross\\_probs | *`(1, 24, 256, 333)`* | `(B, H, N, M)` | probs\\[:, :, 0:256, 256:589\\]" in md
+    assert (
+        "| cross\\_probs | *`(1, 24, 256, 333)`* | `(B, H, N, M)` | probs\\[:, :, 0:256, 256:589\\]"
+        in md
+    )
 
 
 def test_flux_single_stream_input_is_reported_as_the_joined_sequence() -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import shapetrace
-from shapetrace.errors import InputShapeError, NoAttentionLayersError, ShapeTraceError, TraceError
+from shapetrace.errors import InputShapeError, NoAttentionLayersError, ShapeTraceError
 from shapetrace.models import build_model
 from shapetrace.reference import CrossAttention, ReferenceModel, SpatialCrossAttention
 from tests._helpers import hook_count, processors, same_state, state_snapshot

@@ -18,6 +18,13 @@ from tests import facts, tiny_models
 from tests._helpers import hook_count, processors, same_state, state_snapshot
 
 
+def first(out):
+    """The main tensor of a model's output (diffusers' ``.sample``, a tuple's first item)."""
+    if isinstance(out, tuple):
+        return out[0]
+    return getattr(out, "sample", getattr(out, "last_hidden_state", out))
+
+
 def traced_unchanged(model: nn.Module, args, kwargs, **options) -> Journey:
     """Trace one forward and check the model is as it was: same output, weights, processors,
     no hook left."""
@@ -26,7 +33,6 @@ def traced_unchanged(model: nn.Module, args, kwargs, **options) -> Journey:
         plain = model(*args, **kwargs)
         with shapetrace.trace(model, **options) as journey:
             traced = model(*args, **kwargs)
-    first = (lambda o: o[0] if isinstance(o, tuple) else getattr(o, "sample", getattr(o, "last_hidden_state", o)))
     assert torch.equal(first(plain), first(traced))
     assert hook_count(model) == 0 and torch._C._len_torch_function_stack() == 0
     assert same_state(model, before) and processors(model) == procs
@@ -38,7 +44,10 @@ def assert_matches(journey: Journey, expected: list[facts.Layer], batch: int) ->
     assert not journey.not_understood and not journey.violations
     for layer, fact in zip(journey.layers, expected):
         assert (layer.kind, layer.resolution, layer.heads, layer.head_dim) == (
-            fact.kind, fact.grid, fact.heads, fact.head_dim
+            fact.kind,
+            fact.grid,
+            fact.heads,
+            fact.head_dim,
         ), layer.name
         for stage, shape in fact.stage_shapes(batch).items():
             assert layer.shape(stage) == shape, (layer.name, stage)
@@ -59,7 +68,10 @@ def test_flux_double_and_single_stream_are_joint_text_first_on_the_ids_grid() ->
     journey = traced_unchanged(model, args, kwargs)  # no grid hint: read from img_ids
     assert_matches(journey, facts.flux_layers(config, 4 * 16, 6 * 16, text=5), batch=1)
     single = journey.layer("single_transformer_blocks.0.attn")
-    assert [(s.source, s.tokens) for s in single.segments["query"]] == [("context", 5), ("hidden", 24)]
+    assert [(s.source, s.tokens) for s in single.segments["query"]] == [
+        ("context", 5),
+        ("hidden", 24),
+    ]
     assert single.place == "single" and single.shape("cross_probs") == (1, 2, 24, 5)
 
 
@@ -78,7 +90,10 @@ def test_added_kv_unets_are_joint_keys_text_then_image_and_not_refused() -> None
         n = layer.resolution[0] * layer.resolution[1]
         c = config["block_out_channels"][1]
         assert layer.kind == "joint" and layer.heads == heads
-        assert [(s.source, s.tokens) for s in layer.segments["key"]] == [("context", 5), ("hidden", n)]
+        assert [(s.source, s.tokens) for s in layer.segments["key"]] == [
+            ("context", 5),
+            ("hidden", n),
+        ]
         assert layer.shape("context_key") == (2, 5, c) and layer.shape("key") == (2, n, c)
         assert layer.shape("scores") == (2, heads, n, n + 5)
         assert layer.shape("cross_probs") == (2, heads, n, 5)
@@ -103,7 +118,8 @@ def _ip_adapter_unet(tokens: int = 4):
         width = layer.to_q.out_features
         procs[name] = (
             IPAdapterAttnProcessor2_0(width, 64, num_tokens=(tokens,), scale=1.0)
-            if name.endswith("attn2.processor") else AttnProcessor2_0()
+            if name.endswith("attn2.processor")
+            else AttnProcessor2_0()
         )
     unet.set_attn_processor(procs)
     args, kwargs = built.inputs(64, 64, 2)
@@ -136,8 +152,14 @@ def plain_tiny() -> tuple[nn.Module, tuple, dict, Journey]:
 
 def _contract(journey: Journey) -> list[tuple]:
     return [
-        (x.name, x.kind, x.resolution, x.heads, x.head_dim,
-         tuple((s.name, s.shape) for s in x.stages))
+        (
+            x.name,
+            x.kind,
+            x.resolution,
+            x.heads,
+            x.head_dim,
+            tuple((s.name, s.shape) for s in x.stages),
+        )
         for x in journey.layers
     ]
 
@@ -161,7 +183,10 @@ def test_fused_projections_give_the_unfused_journey(plain_tiny) -> None:
 
 
 def test_custom_diffusion_processors_keep_cross_layers_cross(plain_tiny) -> None:
-    from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusionAttnProcessor2_0
+    from diffusers.models.attention_processor import (
+        AttnProcessor2_0,
+        CustomDiffusionAttnProcessor2_0,
+    )
 
     def custom(unet: nn.Module) -> None:
         procs = {}
@@ -169,7 +194,8 @@ def test_custom_diffusion_processors_keep_cross_layers_cross(plain_tiny) -> None
             width = unet.get_submodule(name.rsplit(".processor", 1)[0]).to_q.out_features
             procs[name] = (
                 CustomDiffusionAttnProcessor2_0(True, False, width, 64)
-                if name.endswith("attn2.processor") else AttnProcessor2_0()
+                if name.endswith("attn2.processor")
+                else AttnProcessor2_0()
             )
         unet.set_attn_processor(procs)
 
@@ -241,9 +267,16 @@ def test_clip_text_encoder_layers_are_found_and_self() -> None:
     model, args, kwargs, config = tiny_models.clip_text()
     journey = traced_unchanged(model, args, kwargs)
     expected = facts.clip_text_layers(config)
-    assert [x.name.removeprefix("text_model.") for x in journey.layers] == [e.name for e in expected]
+    assert [x.name.removeprefix("text_model.") for x in journey.layers] == [
+        e.name for e in expected
+    ]
     for layer, fact in zip(journey.layers, expected):
-        assert (layer.kind, layer.place, layer.resolution, layer.heads) == ("self", "text", None, fact.heads)
+        assert (layer.kind, layer.place, layer.resolution, layer.heads) == (
+            "self",
+            "text",
+            None,
+            fact.heads,
+        )
         for stage, shape in fact.stage_shapes(1).items():
             assert layer.shape(stage) == shape
 
@@ -270,7 +303,9 @@ class TimmAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = (
+            self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        )
         q, k, v = qkv.unbind(0)
         attn = (q @ k.transpose(-2, -1)) * self.scale
         return self.proj((attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, c))
@@ -302,7 +337,9 @@ def test_timm_fused_qkv_is_read_as_three_projections() -> None:
 
 
 def test_einsum_attention_is_read_from_its_equation() -> None:
-    journey = traced_unchanged(EinsumCross().eval(), (torch.randn(1, 5, 8), torch.randn(1, 3, 6)), {})
+    journey = traced_unchanged(
+        EinsumCross().eval(), (torch.randn(1, 5, 8), torch.randn(1, 3, 6)), {}
+    )
     (layer,) = journey.layers
     assert layer.kind == "cross" and layer.shape("scores") == (1, 2, 5, 3)
     assert layer.stage("query_heads").layout == "(B, T, H, d)" and layer.ok

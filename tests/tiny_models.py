@@ -11,31 +11,68 @@ import torch
 Built = tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any], dict[str, Any]]
 
 SD3 = dict(
-    sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
-    num_attention_heads=2, joint_attention_dim=12, caption_projection_dim=16,
-    pooled_projection_dim=6, out_channels=4, pos_embed_max_size=16,
+    sample_size=16,
+    patch_size=2,
+    in_channels=4,
+    num_layers=2,
+    attention_head_dim=8,
+    num_attention_heads=2,
+    joint_attention_dim=12,
+    caption_projection_dim=16,
+    pooled_projection_dim=6,
+    out_channels=4,
+    pos_embed_max_size=16,
 )
 FLUX = dict(
-    patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
-    num_attention_heads=2, joint_attention_dim=12, pooled_projection_dim=6,
+    patch_size=1,
+    in_channels=16,
+    num_layers=2,
+    num_single_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=12,
+    pooled_projection_dim=6,
     axes_dims_rope=(4, 6, 6),
 )
 PIXART = dict(
-    num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
-    cross_attention_dim=16, caption_channels=12, sample_size=8, patch_size=2,
-    use_additional_conditions=False, norm_type="ada_norm_single",
+    num_attention_heads=2,
+    attention_head_dim=8,
+    in_channels=4,
+    out_channels=8,
+    num_layers=2,
+    cross_attention_dim=16,
+    caption_channels=12,
+    sample_size=8,
+    patch_size=2,
+    use_additional_conditions=False,
+    norm_type="ada_norm_single",
 )
 ADDED_KV = dict(
-    sample_size=8, in_channels=3, out_channels=6, layers_per_block=1, block_out_channels=(32, 64),
+    sample_size=8,
+    in_channels=3,
+    out_channels=6,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
     down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
     mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-    up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), cross_attention_dim=32,
-    attention_head_dim=8, encoder_hid_dim=20, encoder_hid_dim_type="text_proj",
-    resnet_time_scale_shift="scale_shift", norm_num_groups=8,
+    up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    encoder_hid_dim=20,
+    encoder_hid_dim_type="text_proj",
+    resnet_time_scale_shift="scale_shift",
+    norm_num_groups=8,
 )
 CLIP = dict(
-    hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-    vocab_size=100, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    vocab_size=100,
+    max_position_embeddings=77,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
 )
 T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=100)
 
@@ -103,7 +140,12 @@ def added_kv(batch: int = 2, side: int = 16, text: int = 5) -> Built:
     model = UNet2DConditionModel(**ADDED_KV).eval()
     g = _seeded(1)
     args = (torch.randn(batch, 3, side, side, generator=g), torch.tensor([1] * batch))
-    return model, args, {"encoder_hidden_states": torch.randn(batch, text, 20, generator=g)}, dict(ADDED_KV)
+    return (
+        model,
+        args,
+        {"encoder_hidden_states": torch.randn(batch, text, 20, generator=g)},
+        dict(ADDED_KV),
+    )
 
 
 def clip_text(batch: int = 1) -> Built:

@@ -49,7 +49,10 @@ def text_factory(config: dict[str, Any]) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     arch = (config.get("architectures") or ["CLIPTextModel"])[0]
-    classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
+    classes = {
+        "CLIPTextModel": CLIPTextModel,
+        "CLIPTextModelWithProjection": CLIPTextModelWithProjection,
+    }
     if arch not in classes or config.get("model_type", "clip_text_model") != "clip_text_model":
         raise ModelLoadError(
             f"text encoder config of architecture {arch!r} (model_type "
@@ -70,26 +73,50 @@ def _int(config: dict[str, Any], key: str, default: int | None = None) -> int:
 
 
 def built_from(
-    module: nn.Module, family: str, name: str, mode: str, *, native: tuple[int, int] = (512, 512),
-    context_tokens: int | None = None, **extra: Any,
+    module: nn.Module,
+    family: str,
+    name: str,
+    mode: str,
+    *,
+    native: tuple[int, int] = (512, 512),
+    context_tokens: int | None = None,
+    **extra: Any,
 ) -> BuiltModel:
     """Wrap a built module with the facts its inputs need, read from its config."""
     if family == "text":
-        config = module.config.to_dict()  # type: ignore[operator]
+        config: dict[str, Any] = getattr(module, "config").to_dict()  # noqa: B009
         return BuiltModel(
-            module=module, name=name, family="text", context_dim=_int(config, "hidden_size"),
-            latent_channels=0, config=config, weights=mode,
+            module=module,
+            name=name,
+            family="text",
+            context_dim=_int(config, "hidden_size"),
+            latent_channels=0,
+            config=config,
+            weights=mode,
             context_tokens=context_tokens or _int(config, "max_position_embeddings", 77),
-            vocab_size=_int(config, "vocab_size", 49408), native=native, **extra,
+            vocab_size=_int(config, "vocab_size", 49408),
+            native=native,
+            **extra,
         )
     config = dict(module.config)  # type: ignore[arg-type]
-    context_key = {"unet": "cross_attention_dim", "sd3": "joint_attention_dim",
-                   "flux": "joint_attention_dim", "pixart": "caption_channels"}[family]
+    context_key = {
+        "unet": "cross_attention_dim",
+        "sd3": "joint_attention_dim",
+        "flux": "joint_attention_dim",
+        "pixart": "caption_channels",
+    }[family]
     patch = {"unet": 1, "flux": 2}.get(family) or _int(config, "patch_size", 2)
     tokens = {"unet": 77, "sd3": 333, "flux": 512, "pixart": 120}[family]
     return BuiltModel(
-        module=module, name=name, family=family,  # type: ignore[arg-type]
-        context_dim=_int(config, context_key), latent_channels=_int(config, "in_channels"),
-        config=config, weights=mode, context_tokens=context_tokens or tokens, patch=patch,
-        native=native, **extra,
+        module=module,
+        name=name,
+        family=family,  # type: ignore[arg-type]
+        context_dim=_int(config, context_key),
+        latent_channels=_int(config, "in_channels"),
+        config=config,
+        weights=mode,
+        context_tokens=context_tokens or tokens,
+        patch=patch,
+        native=native,
+        **extra,
     )

@@ -1,15 +1,15 @@
 """What each family's forward takes for one image size: shapes from the config, values from a
 seeded CPU generator (empty tensors on ``meta``).
 
-| family    | inputs at 1024x1024, batch 1 (the full-size presets)                                  |
-|-----------|---------------------------------------------------------------------------------------|
-| unet      | sample (1, 4, 128, 128), timestep (1,), text (1, 77, D) (+ SDXL's added conditions)  |
-| sd3       | latents (1, 16, 128, 128), text (1, 333, 4096), pooled (1, 2048), timestep (1,)      |
-| flux      | packed latents (1, 4096, 64), text (1, 512, 4096), pooled (1, 768), timestep (1,),    |
-|           | guidance (1,), img_ids (4096, 3) (row, column per 2x2 patch), txt_ids (512, 3)        |
-| pixart    | latents (1, 4, 128, 128), text (1, 120, 4096) and its mask, timestep, resolution (1, 2)|
-|           | and aspect ratio (1, 1)                                                               |
-| text      | input_ids (1, 77)                                                                     |
+At 1024x1024, batch 1:
+
+- unet: sample (1, 4, 128, 128), timestep (1,), text (1, 77, D), plus SDXL's added conditions;
+- sd3: latents (1, 16, 128, 128), text (1, 333, 4096), pooled (1, 2048), timestep (1,);
+- flux: packed latents (1, 4096, 64), text (1, 512, 4096), pooled (1, 768), timestep and
+  guidance (1,), img_ids (4096, 3) (row and column of each 2x2 patch), txt_ids (512, 3);
+- pixart: latents (1, 4, 128, 128), text (1, 120, 4096) and its mask, timestep, resolution
+  (1, 2) and aspect ratio (1, 1);
+- text: input_ids (1, 77).
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def _sd3(m: BuiltModel, h: int, w: int, b: int, make: Maker) -> Args:
     f = m.vae_scale_factor
     kwargs = {
         "hidden_states": make.randn(b, m.latent_channels, h // f, w // f),
-        "encoder_hidden_states": make.randn(b, m.context_tokens, int(m.config["joint_attention_dim"])),
+        "encoder_hidden_states": make.randn(
+            b, m.context_tokens, int(m.config["joint_attention_dim"])
+        ),
         "pooled_projections": make.randn(b, int(m.config["pooled_projection_dim"])),
         "timestep": make.rand(b) * 1000,
     }
@@ -99,7 +101,9 @@ def _flux(m: BuiltModel, h: int, w: int, b: int, make: Maker) -> Args:
     rows, cols = m.token_grid(h, w)
     kwargs: dict[str, Any] = {
         "hidden_states": make.randn(b, rows * cols, m.latent_channels),
-        "encoder_hidden_states": make.randn(b, m.context_tokens, int(m.config["joint_attention_dim"])),
+        "encoder_hidden_states": make.randn(
+            b, m.context_tokens, int(m.config["joint_attention_dim"])
+        ),
         "pooled_projections": make.randn(b, int(m.config["pooled_projection_dim"])),
         "timestep": make.rand(b),
         "img_ids": make.place(flux_ids(rows, cols)),

@@ -156,11 +156,12 @@ def _build_preset(
     part: str | None = None,
 ) -> BuiltModel:
     """A preset (or one of its text encoders) on meta or with seeded random weights."""
-    facts = {"native": preset.native, "description": preset.description}
+    native, description = preset.native, preset.description
     if part is not None:
         factory = text_factory(read_config(preset.parts[part]))
         module = _instantiate(factory, mode, dev, dtype, seed)
-        return built_from(module, "text", f"{preset.name}:{part}", mode, **facts)
+        name = f"{preset.name}:{part}"
+        return built_from(module, "text", name, mode, native=native, description=description)
     if preset.family == "reference":
         kwargs = dict(preset.reference)
         module = _instantiate(lambda: ReferenceModel(**kwargs), mode, dev, dtype, seed)
@@ -173,13 +174,14 @@ def _build_preset(
             config=kwargs,
             weights=mode,
             vocab_size=int(kwargs.get("vocab_size", 49408)),
-            **facts,
+            native=native,
+            description=description,
         )
     config = read_config(preset.parts[DENOISER[preset.family]])
     cls = denoiser_class(preset.family)
     module = _instantiate(lambda: cls.from_config(config), mode, dev, dtype, seed)
     return built_from(module, preset.family, preset.name, mode,
-                      context_tokens=preset.context_tokens, **facts)
+                      context_tokens=preset.context_tokens, native=native, description=description)
 
 
 def load_unet_folder(

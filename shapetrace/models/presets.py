@@ -19,9 +19,9 @@ from typing import Any, Literal, cast
 from shapetrace.errors import ModelLoadError
 
 __all__ = [
+    "DENOISER",
     "PRESETS",
     "Family",
-    "DENOISER",
     "Preset",
     "get_preset",
     "part_config",

@@ -125,6 +125,6 @@ class StageJourney:
             branch = Table(title=view.title, title_justify="left", box=box.SIMPLE_HEAD)
             for header in ("stage", "shape", "op"):
                 branch.add_column(header, overflow="fold")
-            for row in view.rows:
-                branch.add_row(*(Text(cell) for cell in row))
+            for name, shape_text, op_text in view.rows:
+                branch.add_row(Text(name), Text(shape_text), Text(op_text))
             yield branch

@@ -118,7 +118,8 @@ def _joint(stage: Stage, layer: LayerRecord, x: Dims) -> str | None:
         return f"{name[0].upper()} of the joined sequence ({order}, joined before this layer)"
     if name.startswith("context_") and name != "context_output":
         letter = name.removeprefix("context_")[0].upper()
-        return f"{letter} from the text tokens too: W_{letter} {_n(x.D)}{TIMES}{_n(x.C)} (joint attention)"
+        projection = f"W_{letter} {_n(x.D)}{TIMES}{_n(x.C)}"
+        return f"{letter} from the text tokens too: {projection} (joint attention)"
     if name in ("query_heads", "key_heads", "value_heads"):
         return f"{name[0].upper()} of {both} joined ({order}), split into {heads_text(x.H, x.d)}"
     if name == "scores":
@@ -271,8 +272,8 @@ def branch_views(layer: LayerRecord) -> list[BranchView]:
     """One view per branch of ``layer``, in the order they ran."""
     views = []
     for b in layer.branches:
-        keys = " + ".join(f"{s.tokens} {s.source}" for s in b.segments.get("key", ()))
-        title = f"branch {b.name}: {b.kind}-attention of the same queries to {keys or 'other'} tokens"
+        keys = " + ".join(f"{s.tokens} {s.source}" for s in b.segments.get("key", ())) or "other"
+        title = f"branch {b.name}: {b.kind}-attention of the same queries to {keys} tokens"
         rows = [(s.name, fmt_shape(s.shape), s.op or DASH) for s in b.stages]
         views.append(BranchView(title, rows))
     return views

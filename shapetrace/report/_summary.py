@@ -157,9 +157,10 @@ def header_facts(journey: Journey) -> list[tuple[str, str]]:
     if processors:
         facts.append(("processor", ", ".join(processors)))
     if journey.not_understood:
+        count = len(journey.not_understood)
         names = ", ".join(n.name for n in journey.not_understood[:3])
-        more = f" and {len(journey.not_understood) - 3} more" if len(journey.not_understood) > 3 else ""
-        facts.append(("not understood", f"{len(journey.not_understood)}: {names}{more}"))
+        more = f" and {count - 3} more" if count > 3 else ""
+        facts.append(("not understood", f"{count}: {names}{more}"))
     skipped = {"other_threads": "calls from other threads", "recomputes": "checkpoint recomputes"}
     for key, count in journey.skipped.items():
         facts.append(("left out", f"{count} {skipped.get(key, key)}"))

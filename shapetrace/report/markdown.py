@@ -129,7 +129,8 @@ def _journey(layer: LayerRecord) -> list[str]:
     lines += ["", escape(legend(layer))]
     for view in branch_views(layer):
         rows = [[escape(name), _code(shape), escape(op)] for name, shape, op in view.rows]
-        lines += ["", f"### {escape(view.title)}", "", *_table(["stage", "shape", "op"], rows, set())]
+        table = _table(["stage", "shape", "op"], rows, set())
+        lines += ["", f"### {escape(view.title)}", "", *table]
     return lines
 
 

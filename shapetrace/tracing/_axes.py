@@ -89,9 +89,7 @@ def map_same(old: Shape, new: Shape, span: Span) -> Span | None:
     return (a + offset, b + offset)
 
 
-def slice_segments(
-    segments: tuple[Segment, ...], start: int, stop: int
-) -> tuple[Segment, ...]:
+def slice_segments(segments: tuple[Segment, ...], start: int, stop: int) -> tuple[Segment, ...]:
     """The segments of tokens [start, stop)."""
     out: list[Segment] = []
     at = 0

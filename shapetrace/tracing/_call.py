@@ -129,8 +129,16 @@ class CallState:
         pid = len(self.projections) + 1
         shape = (*base.shape[:-1], base.shape[-1] // pieces)
         self.projections[pid] = Projection(
-            pid, base.name, base.in_features, base.out_features, shape, base.segments,
-            parent=parent, piece=piece, pieces=pieces, in_shape=base.in_shape,
+            pid,
+            base.name,
+            base.in_features,
+            base.out_features,
+            shape,
+            base.segments,
+            parent=parent,
+            piece=piece,
+            pieces=pieces,
+            in_shape=base.in_shape,
         )
         return pid
 
@@ -158,8 +166,16 @@ class CallState:
         return self.branch(q_lineage, k_lineage, None, None)[0]
 
     def heads(
-        self, branch: BranchState, name: str, raw: Shape, seq_axis: int, lineage: frozenset[int],
-        op: str, *, derived: bool = False, note: str = "",
+        self,
+        branch: BranchState,
+        name: str,
+        raw: Shape,
+        seq_axis: int,
+        lineage: frozenset[int],
+        op: str,
+        *,
+        derived: bool = False,
+        note: str = "",
     ) -> None:
         """A per-head stage (q, k, v or attended), recorded as (B, H, T, d)."""
         shape, layout, heads = heads_layout(
@@ -169,8 +185,9 @@ class CallState:
             branch.heads = heads
         if branch.head_dim is None and name == "query_heads" and len(shape) == 4:
             branch.head_dim = shape[-1]
-        branch.add(name, shape, op=op, raw_shape=tuple(raw), layout=layout, derived=derived,
-                   note=note)
+        branch.add(
+            name, shape, op=op, raw_shape=tuple(raw), layout=layout, derived=derived, note=note
+        )
 
     def pair(
         self, branch: BranchState, name: str, raw: Shape, op: str, *, derived: bool = False
@@ -221,8 +238,9 @@ class CallState:
         stages = dict(self.stages)
         grid = self.grid()
         if grid is not None and grid.feature_map is not None and "feature_map" not in stages:
-            stages["feature_map"] = Stage("feature_map", grid.feature_map, op=grid.source,
-                                          note="flattened to tokens")
+            stages["feature_map"] = Stage(
+                "feature_map", grid.feature_map, op=grid.source, note="flattened to tokens"
+            )
         stages.update(projection_stages(self.projections, main))
         stages.update(main.stages)
         cross = self._cross_block(main, kind)
@@ -251,7 +269,9 @@ class CallState:
         )
 
     def _cross_block(self, main: BranchState, kind: str) -> Stage | None:
-        rows, cols = cross_slices(main.q_segments, main.k_segments) if kind == "joint" else (None,) * 2
+        rows, cols = (
+            cross_slices(main.q_segments, main.k_segments) if kind == "joint" else (None,) * 2
+        )
         if rows is None or cols is None or "probs" not in main.stages:
             return None
         b, h = main.stages["probs"].shape[:2]

@@ -187,20 +187,22 @@ def find_attention_layers(model: nn.Module) -> list[LayerInfo]:
     ]
     strong: set[str] = set()
     for name, _m, (_f, is_strong) in candidates:
-        if is_strong and not any(p in strong for p in _prefixes(name)) and "" not in strong:
+        if is_strong and "" not in strong and not any(p in strong for p in _prefixes(name)):
             strong.add(name)
     chosen: set[str] = set(strong)
     for name, _m, (_f, is_strong) in candidates:
-        inside = any(p in chosen for p in _prefixes(name)) or ("" in chosen and name)
-        holds = any(other.startswith(name + ".") or not name for other in strong if other)
-        if not is_strong and not inside and not holds:
+        if is_strong:
+            continue
+        inside = "" in chosen or any(p in chosen for p in _prefixes(name))
+        holds = any(not name or other.startswith(name + ".") for other in strong)
+        if not inside and not holds:  # a weak candidate yields to a strong one in or above it
             chosen.add(name)
-    found = []
+    layers = []
     for name, module, (family, _s) in candidates:
         if name in chosen:
             shown = name or type(module).__name__
-            found.append(LayerInfo(shown, name, module, family, _place(shown)))
-    return found
+            layers.append(LayerInfo(shown, name, module, family, _place(shown)))
+    return layers
 
 
 def geometry_ancestors(model: nn.Module, layers: list[LayerInfo]) -> list[tuple[str, nn.Module]]:

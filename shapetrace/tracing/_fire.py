@@ -44,10 +44,15 @@ def _mask(mask: torch.Tensor | None, batch: int, heads: int) -> torch.Tensor | N
     return mask
 
 
+def _wants(probe: Probe, record: LayerRecord) -> bool:
+    wants = getattr(probe, "wants", None)
+    return wants is None or bool(wants(record))
+
+
 def fire_probes(probes: Sequence[Probe], state: CallState, record: LayerRecord) -> None:
     """Give the wanting probes this call's q, k, scale, mask and probabilities. A probe's own
     error is raised: it stops the forward, and the tracer adds a note naming the layer."""
-    wanted = [p for p in probes if getattr(p, "wants", None) is None or p.wants(record)]
+    wanted = [p for p in probes if _wants(p, record)]
     main = state.main
     if not wanted or main is None or main.query is None or main.key is None:
         return
@@ -55,15 +60,25 @@ def fire_probes(probes: Sequence[Probe], state: CallState, record: LayerRecord) 
     q = as_bhtd(main.query, main.q_axis, batch, heads)
     k = as_bhtd(main.key, main.k_axis, batch, heads)
     if q is None or k is None:
-        record.checks.append(Check("probes", False, "q and k were only seen in slices of the "
-                                   "heads; the probes were not given this call"))
+        record.checks.append(
+            Check(
+                "probes",
+                False,
+                "q and k were only seen in slices of the "
+                "heads; the probes were not given this call",
+            )
+        )
         return
-    probs = as_bhtd(main.probs, main.probs.dim() - 2, batch, heads) if main.probs is not None else None
+    probs = (
+        as_bhtd(main.probs, main.probs.dim() - 2, batch, heads) if main.probs is not None else None
+    )
     mask = _mask(main.mask, batch, heads)
     if main.causal:
         n, m = q.shape[2], k.shape[2]
         mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril(diagonal=m - n)[None, None]
-    rows, cols = cross_slices(main.q_segments, main.k_segments) if record.kind == "joint" else (None, None)
+    rows, cols = (
+        cross_slices(main.q_segments, main.k_segments) if record.kind == "joint" else (None, None)
+    )
     scale = main.scale if main.scale is not None else 1.0 / math.sqrt(q.shape[-1])
     call = AttentionCall(record, q, k, scale, mask, probs, rows, cols)
     for probe in wanted:

@@ -54,7 +54,8 @@ class Flow:
     ``lineage`` names the projections the tensor descends from; ``packed`` is the span of axes
     still holding one projection's output features, so splitting its leading axis into 2 or 3
     gives a fused projection's pieces (``to_qkv(x).chunk(3, -1)``, or timm's
-    ``qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)``). ``scale`` is the product of scalars multiplied in so far.
+    ``qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)``). ``scale`` is the
+    product of the scalars multiplied in so far.
     ``whole`` is (a weak reference to the tensor this one was sliced from, its flow, the
     permutation applied since): a slice of the (B*H) axis or a chunk of the queries, kept
     through later transposes but dropped by any other op.

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Grid", "grid_of_input", "grid_of_patches", "grid_of_ids"]
+__all__ = ["Grid", "grid_of_ids", "grid_of_input", "grid_of_patches"]
 
 _INPUT_KWARGS = ("hidden_states", "x", "sample", "query")
 

@@ -31,13 +31,21 @@ def layer_inputs(
     if hidden is None:
         hidden = next((kwargs[k] for k in _HIDDEN if isinstance(kwargs.get(k), torch.Tensor)), None)
     context: Any = next((kwargs[k] for k in _CONTEXT if kwargs.get(k) is not None), None)
-    if context is None and len(args) > 1 and isinstance(args[1], torch.Tensor) and args[1].dim() == 3:
+    if (
+        context is None
+        and len(args) > 1
+        and isinstance(args[1], torch.Tensor)
+        and args[1].dim() == 3
+    ):
         context = args[1]
     ip: list[torch.Tensor] = []
     if isinstance(context, tuple) and len(context) == 2:
         context, extra = context
-        ip = [t for t in (extra if isinstance(extra, (list, tuple)) else (extra,))
-              if isinstance(t, torch.Tensor)]
+        ip = [
+            t
+            for t in (extra if isinstance(extra, (list, tuple)) else (extra,))
+            if isinstance(t, torch.Tensor)
+        ]
     if not isinstance(context, torch.Tensor) or context is hidden:
         context = None
     return hidden, context, ip
@@ -78,8 +86,11 @@ def tag_outputs(table: FlowTable, out: Any, state: CallState) -> None:
     image part (first output) and the text part (second)."""
     main = state.main
     segments = main.q_segments if main is not None else None
-    outputs = [t for t in (out if isinstance(out, (tuple, list)) else (out,))
-               if isinstance(t, torch.Tensor)]
+    outputs = [
+        t
+        for t in (out if isinstance(out, (tuple, list)) else (out,))
+        if isinstance(t, torch.Tensor)
+    ]
     for t in outputs[:2]:
         if t.dim() == 4:
             table.put(t, Flow(Role.TOKENS, (2, 4), segments))

@@ -96,12 +96,19 @@ def final_checks(state: CallState, record: LayerRecord, output: object) -> None:
 def _scale_check(state: CallState, scale: float, d: int, inner: int) -> Check:
     declared = state.info.declared_scale()
     want = declared if declared is not None else 1.0 / math.sqrt(d)
-    what = f"the module's declared scale {want:.6g}" if declared is not None else (
-        f"1/sqrt(head_dim={d}) = {want:.6g}"
+    what = (
+        f"the module's declared scale {want:.6g}"
+        if declared is not None
+        else (f"1/sqrt(head_dim={d}) = {want:.6g}")
     )
     ok = math.isclose(scale, want, rel_tol=1e-3)
     detail = f"scale {scale:.6g}, {what}"
-    if not ok and inner and inner != d and math.isclose(scale, 1.0 / math.sqrt(inner), rel_tol=1e-3):
+    if (
+        not ok
+        and inner
+        and inner != d
+        and math.isclose(scale, 1.0 / math.sqrt(inner), rel_tol=1e-3)
+    ):
         detail += f"; it is 1/sqrt(inner width {inner}): scale by the head dim"
     elif not ok and math.isclose(scale, 1.0):
         detail += "; the scores are not scaled"

@@ -23,9 +23,7 @@ __all__ = ["branch_name", "kind_of", "projection_stages"]
 _STAGE_OF_SOURCE = {"hidden": "", "context": "context_", "ip": "ip_", "other": "other_"}
 
 
-def kind_of(
-    q: tuple[Segment, ...] | None, k: tuple[Segment, ...] | None
-) -> str | None:
+def kind_of(q: tuple[Segment, ...] | None, k: tuple[Segment, ...] | None) -> str | None:
     """``self`` when the keys come from the queries' own tokens, ``cross`` when from other
     tokens only, ``joint`` when from both (one softmax over image and text); None when either
     side's tokens are unknown."""

@@ -44,15 +44,39 @@ Shape = tuple[int, ...]
 Out = list[tuple[torch.Tensor, Flow]]
 
 PERMUTATIONS = frozenset(
-    {"transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis", "t", "T", "mT",
-     "mH", "H", "adjoint"}
+    {
+        "transpose",
+        "swapaxes",
+        "swapdims",
+        "permute",
+        "movedim",
+        "moveaxis",
+        "t",
+        "T",
+        "mT",
+        "mH",
+        "H",
+        "adjoint",
+    }
 )
 INDEXING = frozenset({"__getitem__", "narrow", "select"})
 SPLITS = frozenset({"chunk", "split", "split_with_sizes", "tensor_split", "unbind"})
 CATS = frozenset({"cat", "concat", "concatenate", "stack"})
 FACTORIES = frozenset(
-    {"ones_like", "zeros_like", "empty_like", "full_like", "rand_like", "randn_like",
-     "randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
+    {
+        "ones_like",
+        "zeros_like",
+        "empty_like",
+        "full_like",
+        "rand_like",
+        "randn_like",
+        "randint_like",
+        "new_zeros",
+        "new_ones",
+        "new_empty",
+        "new_full",
+        "new_tensor",
+    }
 )
 _MUL = frozenset({"mul", "mul_", "multiply", "__mul__", "__rmul__", "__imul__"})
 _DIV = frozenset({"div", "div_", "true_divide", "divide", "__truediv__", "__itruediv__"})
@@ -117,7 +141,9 @@ def permute(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, 
     x = args[0]
     ndim = x.dim()
     if name in ("transpose", "swapaxes", "swapdims"):
-        perm = swap_perm(ndim, int(_arg(args, kwargs, 1, "dim0", 0)), int(_arg(args, kwargs, 2, "dim1", 1)))
+        perm = swap_perm(
+            ndim, int(_arg(args, kwargs, 1, "dim0", 0)), int(_arg(args, kwargs, 2, "dim1", 1))
+        )
     elif name == "permute":
         dims = kwargs.get("dims", args[1] if len(args) == 2 else args[1:])
         perm = [int(d) for d in (dims if isinstance(dims, Sequence) else (dims,))]
@@ -136,7 +162,7 @@ def permute(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, 
         whole = (ref, origin, tuple(before[i] for i in perm) if before else tuple(perm))
     packed = None
     if flow.packed is not None:  # only the leading (pieces) axis of packed features matters
-        lead = [new for new, old in enumerate(perm) if int(old) % ndim == flow.packed[0]][0]
+        lead = next(new for new, old in enumerate(perm) if int(old) % ndim == flow.packed[0])
         packed = (lead, lead + flow.packed[1] - flow.packed[0])
     flow = carry(flow, name, lambda span: map_permute(span, perm), whole=whole, packed=packed)
     return [(out, flow)]
@@ -155,7 +181,10 @@ def index(
         dim = int(_arg(args, kwargs, 1, "dim", 0)) % max(x.dim(), 1)
         if name == "narrow":
             start = int(_arg(args, kwargs, 2, "start", 0)) % max(shape[dim], 1)
-            where = (*[slice(None)] * dim, slice(start, start + int(_arg(args, kwargs, 3, "length", 0))))
+            where = (
+                *[slice(None)] * dim,
+                slice(start, start + int(_arg(args, kwargs, 3, "length", 0))),
+            )
         else:
             where = (*[slice(None)] * dim, int(_arg(args, kwargs, 2, "index", 0)))
     changes: dict[str, Any] = {}
@@ -181,6 +210,7 @@ def split(
     dim = int(_arg(args, kwargs, at, "dim", 0)) % max(x.dim(), 1)
     pieces = [p for p in out if isinstance(p, torch.Tensor)]
     if name == "unbind":
+
         def shift(span: Span) -> Span | None:
             if span[0] <= dim < span[1]:
                 return None
@@ -198,7 +228,11 @@ def split(
 
 
 def concatenate(
-    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, get: Callable[[Any], Flow | None]
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    out: Any,
+    get: Callable[[Any], Flow | None],
 ) -> Out:
     """``cat`` along the tokens joins the segments in the order given (SD3: image then text;
     Flux: text then image); ``stack`` adds an axis. Lineages join."""
@@ -214,7 +248,9 @@ def concatenate(
         dim %= out.dim()
 
         def shift(span: Span) -> Span | None:
-            return (span[0] + 1, span[1] + 1) if dim <= span[0] else (span if dim >= span[1] else None)
+            return (
+                (span[0] + 1, span[1] + 1) if dim <= span[0] else (span if dim >= span[1] else None)
+            )
 
         return [(out, carry(lead, name, shift, lineage=lineage))]
     dim %= lead_t.dim()
@@ -223,8 +259,11 @@ def concatenate(
         for t, f in zip(tensors, flows):
             if f is not None and f.segments is None:
                 return [(out, lead.then(name, lineage=lineage, segments=None))]
-            parts.append(f.segments if f is not None and f.segments is not None
-                         else (Segment(Source.OTHER.value, t.shape[dim]),))
+            parts.append(
+                f.segments
+                if f is not None and f.segments is not None
+                else (Segment(Source.OTHER.value, t.shape[dim]),)
+            )
         return [(out, lead.then(name, lineage=lineage, segments=cat_segments(parts)))]
     return [(out, lead.then(name, lineage=lineage))]
 

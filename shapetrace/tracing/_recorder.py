@@ -27,10 +27,37 @@ _PRODUCTS = frozenset({"matmul", "bmm", "baddbmm", "einsum", "__matmul__", "__rm
 _SOFTMAX = frozenset({"softmax", "_softmax"})
 _SDPA = "scaled_dot_product_attention"
 _IGNORED = frozenset(
-    {"shape", "ndim", "dtype", "device", "size", "dim", "is_cuda", "numel", "stride",
-     "is_contiguous", "element_size", "data_ptr", "is_floating_point", "__len__", "__bool__",
-     "item", "tolist", "__format__", "__repr__", "requires_grad", "grad_fn", "is_leaf",
-     "layout", "names", "__hash__", "__eq__", "_is_view", "is_meta", "get_device"}
+    {
+        "shape",
+        "ndim",
+        "dtype",
+        "device",
+        "size",
+        "dim",
+        "is_cuda",
+        "numel",
+        "stride",
+        "is_contiguous",
+        "element_size",
+        "data_ptr",
+        "is_floating_point",
+        "__len__",
+        "__bool__",
+        "item",
+        "tolist",
+        "__format__",
+        "__repr__",
+        "requires_grad",
+        "grad_fn",
+        "is_leaf",
+        "layout",
+        "names",
+        "__hash__",
+        "__eq__",
+        "_is_view",
+        "is_meta",
+        "get_device",
+    }
 )
 
 
@@ -66,7 +93,9 @@ def _resolve(t: torch.Tensor, flow: Flow) -> tuple[torch.Tensor, Flow]:
 
 def _einsum_operands(args: tuple[Any, ...]) -> tuple[str, list[Any]]:
     equation = str(args[0]).replace(" ", "")
-    operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    operands = (
+        list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    )
     return equation, operands
 
 
@@ -126,7 +155,11 @@ class Recorder(TorchFunctionMode):
         if not flows or name in prop.FACTORIES:
             return
         keep_whole = state is not None and flows[0][1].role is Role.PROJECTION
-        if name in _PRODUCTS and state is not None and self._product(state, name, args, kwargs, out):
+        if (
+            name in _PRODUCTS
+            and state is not None
+            and self._product(state, name, args, kwargs, out)
+        ):
             return
         if name in _SOFTMAX and state is not None and flows[0][1].role is Role.SCORES:
             self._softmax(state, args, kwargs, out, flows[0][1])
@@ -161,8 +194,11 @@ class Recorder(TorchFunctionMode):
         if flow is None:
             if x.dim() < 2:
                 return
-            flow = Flow(Role.TOKENS, (x.dim() - 2, x.dim() - 1),
-                        (Segment(Source.OTHER.value, int(x.shape[-2])),))
+            flow = Flow(
+                Role.TOKENS,
+                (x.dim() - 2, x.dim() - 1),
+                (Segment(Source.OTHER.value, int(x.shape[-2])),),
+            )
         if flow.role is Role.TOKENS and isinstance(weight, torch.Tensor):
             self._projection(state, x, flow, weight, out)
         elif flow.role is Role.ATTENDED:  # the output projection: tokens again
@@ -181,18 +217,36 @@ class Recorder(TorchFunctionMode):
         shape = (int(weight.shape[0]), int(weight.shape[-1]))
         pid = state.new_projection(name, shape, (tuple(x.shape), tuple(out.shape)), segments)
         packed = (out.dim() - 1, out.dim())
-        self._put([(out, Flow(Role.PROJECTION, flow.seq, segments, frozenset({pid}),
-                              packed=packed, ops=(name,)))])
+        self._put(
+            [
+                (
+                    out,
+                    Flow(
+                        Role.PROJECTION,
+                        flow.seq,
+                        segments,
+                        frozenset({pid}),
+                        packed=packed,
+                        ops=(name,),
+                    ),
+                )
+            ]
+        )
 
     def _split(self, state, name, args, kwargs, out, flow: Flow, keep_whole: bool) -> None:
         x = args[0]
-        dim = kwargs.get("dim", args[1] if name == "unbind" and len(args) > 1 else
-                         args[2] if len(args) > 2 else 0)
+        dim = kwargs.get(
+            "dim",
+            args[1] if name == "unbind" and len(args) > 1 else args[2] if len(args) > 2 else 0,
+        )
         pieces = [p for p in out if isinstance(p, torch.Tensor)]
         dim = int(dim) % x.dim()
         fused = (
-            flow.packed is not None and flow.packed[0] == dim and len(flow.lineage) == 1
-            and len(pieces) in (2, 3) and (name != "unbind" or flow.packed[1] - flow.packed[0] > 1)
+            flow.packed is not None
+            and flow.packed[0] == dim
+            and len(flow.lineage) == 1
+            and len(pieces) in (2, 3)
+            and (name != "unbind" or flow.packed[1] - flow.packed[0] > 1)
         )
         if state is not None and flow.role is Role.PROJECTION and fused:
             (parent,) = flow.lineage
@@ -200,8 +254,9 @@ class Recorder(TorchFunctionMode):
                 flow = prop.split(name, args, kwargs, out, flow, False)[0][1]
             for i, piece in enumerate(pieces):  # a fused to_qkv / to_kv: one lineage per piece
                 pid = state.new_piece(parent, i, len(pieces))
-                self._put([(piece, flow.then(f"{name} {i + 1}/{len(pieces)}",
-                                             lineage=frozenset({pid})))])
+                self._put(
+                    [(piece, flow.then(f"{name} {i + 1}/{len(pieces)}", lineage=frozenset({pid})))]
+                )
             return
         self._put(prop.split(name, args, kwargs, out, flow, keep_whole))
 
@@ -228,11 +283,12 @@ class Recorder(TorchFunctionMode):
         if fa.role is Role.PROJECTION and fb.role is Role.PROJECTION:
             if fa.seq_axis not in (None, a.dim() - 2) or fb.seq_axis not in (None, b.dim() - 1):
                 return False  # not q (…, N, d) times kᵀ (…, d, M)
-            k_all, fk_all = _resolve(b, fb)
+            k_all, _ = _resolve(b, fb)
             key = k_all.transpose(-1, -2)
             axes = (out.dim() - 2, out.dim() - 1)
-            self._scores(state, name, (a, a.dim() - 2, fa), (key, key.dim() - 2, fb), out, axes,
-                         alpha, mask)
+            self._scores(
+                state, name, (a, a.dim() - 2, fa), (key, key.dim() - 2, fb), out, axes, alpha, mask
+            )
             return True
         if fa.role is Role.PROBS and fb.role is Role.PROJECTION:
             self._attended(state, name, fa, (b, b.dim() - 2, fb), out, out.dim() - 2)
@@ -258,15 +314,17 @@ class Recorder(TorchFunctionMode):
             if qa == kb or qa not in result or kb not in result:
                 return False
             axes = (result.index(qa), result.index(kb))
-            self._scores(state, "einsum", (a, fa.seq_axis, fa), (b, fb.seq_axis, fb), out, axes,
-                         1.0, None)
+            self._scores(
+                state, "einsum", (a, fa.seq_axis, fa), (b, fb.seq_axis, fb), out, axes, 1.0, None
+            )
             return True
         if fa.role is Role.PROBS and fb.role is Role.PROJECTION and fa.seq_axis is not None:
             key_letter = la[fa.key_axis] if fa.key_axis is not None else la[-1]
             if key_letter != lb[fb.seq_axis] or key_letter in result:
                 return False
-            self._attended(state, "einsum", fa, (b, fb.seq_axis, fb), out,
-                           result.index(la[fa.seq_axis]))
+            self._attended(
+                state, "einsum", fa, (b, fb.seq_axis, fb), out, result.index(la[fa.seq_axis])
+            )
             return True
         return False
 
@@ -278,17 +336,25 @@ class Recorder(TorchFunctionMode):
         scale = fq.scale * fk.scale * alpha
         if new:
             q_all, fq_all = _resolve(q, fq)
-            state.heads(branch, "query_heads", tuple(q_all.shape), q_axis, fq.lineage,
-                        _chain(fq, "query"))
-            state.heads(branch, "key_heads", tuple(k.shape), k_axis, fk.lineage,
-                        _chain(fk, "key"))
+            state.heads(
+                branch, "query_heads", tuple(q_all.shape), q_axis, fq.lineage, _chain(fq, "query")
+            )
+            state.heads(branch, "key_heads", tuple(k.shape), k_axis, fk.lineage, _chain(fk, "key"))
             branch.scale, branch.mask = scale, mask
             branch.query, branch.key, branch.q_axis, branch.k_axis = q_all, k, q_axis, k_axis
             branch.q_segments = fq_all.segments if fq_all.segments is not None else fq.segments
             state.pair(branch, "scores", tuple(out.shape), name)
-        flow = Flow(Role.SCORES, (axes[0], axes[0] + 1), fq.segments, fq.lineage, scale=scale,
-                    ops=(name,), key=(axes[1], axes[1] + 1), key_segments=fk.segments,
-                    key_lineage=fk.lineage)
+        flow = Flow(
+            Role.SCORES,
+            (axes[0], axes[0] + 1),
+            fq.segments,
+            fq.lineage,
+            scale=scale,
+            ops=(name,),
+            key=(axes[1], axes[1] + 1),
+            key_segments=fk.segments,
+            key_lineage=fk.lineage,
+        )
         self._put([(out, flow)])
 
     def _softmax(self, state: CallState, args, kwargs, out, flow: Flow) -> None:
@@ -317,8 +383,9 @@ class Recorder(TorchFunctionMode):
         branch.v_lineage = branch.v_lineage | fv.lineage
         if "value_heads" not in branch.stages:
             v_all, _ = _resolve(v, fv)
-            state.heads(branch, "value_heads", tuple(v_all.shape), v_axis, fv.lineage,
-                        _chain(fv, "value"))
+            state.heads(
+                branch, "value_heads", tuple(v_all.shape), v_axis, fv.lineage, _chain(fv, "value")
+            )
             state.heads(branch, "attended", tuple(out.shape), out_axis, fv.lineage, name)
         flow = Flow(Role.ATTENDED, (out_axis, out_axis + 1), fp.segments, fp.lineage, ops=(name,))
         self._put([(out, flow)])
@@ -336,23 +403,39 @@ class Recorder(TorchFunctionMode):
         if new:
             self._sdpa_stages(state, branch, given, (fq, fk, fv), out)
         if isinstance(out, torch.Tensor):
-            self._put([(out, Flow(Role.ATTENDED, (out.dim() - 2, out.dim() - 1), fq.segments,
-                                  fq.lineage, ops=(_SDPA,)))])
+            self._put(
+                [
+                    (
+                        out,
+                        Flow(
+                            Role.ATTENDED,
+                            (out.dim() - 2, out.dim() - 1),
+                            fq.segments,
+                            fq.lineage,
+                            ops=(_SDPA,),
+                        ),
+                    )
+                ]
+            )
 
     def _sdpa_stages(self, state, branch: BranchState, given, flows, out) -> None:
         (q, k, v), (fq, fk, fv) = (given["query"], given["key"], given["value"]), flows
         q_all, fq_all = _resolve(q, fq)
         k_all, _ = _resolve(k, fk)
-        for stage, t, f in (("query_heads", q_all, fq), ("key_heads", k_all, fk),
-                            ("value_heads", _resolve(v, fv)[0], fv)):
+        for stage, t, f in (
+            ("query_heads", q_all, fq),
+            ("key_heads", k_all, fk),
+            ("value_heads", _resolve(v, fv)[0], fv),
+        ):
             state.heads(branch, stage, tuple(t.shape), t.dim() - 2, f.lineage, _chain(f, stage[0]))
         scale = given.get("scale")
         base = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
         branch.scale = base * fq.scale * fk.scale
         pair = (*q_all.shape[:-1], k_all.shape[-2])
         derived = f"derived: softmax(q kᵀ · {branch.scale:.4g}) beside fused SDPA"
-        state.pair(branch, "scores", pair, "derived: q kᵀ · scale (never materialized)",
-                   derived=True)
+        state.pair(
+            branch, "scores", pair, "derived: q kᵀ · scale (never materialized)", derived=True
+        )
         state.pair(branch, "probs", pair, derived, derived=True)
         if isinstance(out, torch.Tensor):
             state.heads(branch, "attended", tuple(out.shape), out.dim() - 2, fv.lineage, _SDPA)
@@ -362,7 +445,9 @@ class Recorder(TorchFunctionMode):
         if fq_all.segments is not None:
             branch.q_segments = fq_all.segments
         if self.session.monitors:
-            state.checks.append(Check("softmax_axis", True, "fused SDPA: over the keys by construction"))
+            state.checks.append(
+                Check("softmax_axis", True, "fused SDPA: over the keys by construction")
+            )
 
     def _maybe_merged(
         self, state: CallState, t: torch.Tensor, flow: Flow, *, force: bool = False

@@ -49,7 +49,9 @@ def _check_probes(probes: Iterable[Any]) -> tuple[Probe, ...]:
 def _check_grids(grids: Iterable[Any]) -> tuple[Grid, ...]:
     out = []
     for g in grids:
-        if not (isinstance(g, Sequence) and len(g) == 2 and all(isinstance(x, int) and x > 0 for x in g)):
+        if not (
+            isinstance(g, Sequence) and len(g) == 2 and all(isinstance(x, int) and x > 0 for x in g)
+        ):
             raise ShapeTraceError(f"grids takes (h, w) pairs of positive ints, got {g!r}")
         out.append(Grid(int(g[0]), int(g[1]), "given by the caller"))
     return tuple(out)
@@ -124,12 +126,16 @@ class Tracer:
         self._remove()
         if exc is not None:
             if isinstance(exc, Exception) and not isinstance(exc, ShapeTraceError) and failed:
-                _add_note(exc, f"shapetrace: raised inside attention layer {failed.info.name!r} "
-                          f"({failed.info.module_type}) after stages {_describe(failed)}")
+                _add_note(
+                    exc,
+                    f"shapetrace: raised inside attention layer {failed.info.name!r} "
+                    f"({failed.info.module_type}) after stages {_describe(failed)}",
+                )
             return
         if self.strict and not self.journey.layers and not self.journey.not_understood:
-            skipped = "".join(f"; {n} {why.replace('_', ' ')} left out" for why, n in
-                              self.journey.skipped.items())
+            skipped = "".join(
+                f"; {n} {why.replace('_', ' ')} left out" for why, n in self.journey.skipped.items()
+            )
             raise NoAttentionLayersError(
                 f"the traced block ran none of the {len(self.layers)} attention layers of "
                 f"{type(self.module).__name__} (first: {self.layers[0].name!r}){skipped}; call "
@@ -148,7 +154,8 @@ class Tracer:
         self._handles.append(
             self.module.register_forward_pre_hook(
                 lambda m, a, k: validate_unet(m, a, k) if self._ours() else None,
-                with_kwargs=True, prepend=True,
+                with_kwargs=True,
+                prepend=True,
             )
         )
 
@@ -269,9 +276,9 @@ class Tracer:
                 state.add("feature_map", tuple(x.shape), op="layer input")
             if context is not None:
                 state.add("context", tuple(context.shape), op="encoder hidden states")
-            if self.monitors and x.device.type != "meta" and x.is_floating_point():
-                if not _monitors.all_finite(x):
-                    state.checks.append(_monitors.Check("finite_input", False, "input has NaN or inf"))
+            values = x.device.type != "meta" and x.is_floating_point()
+            if self.monitors and values and not _monitors.all_finite(x):
+                state.checks.append(_monitors.Check("finite_input", False, "input has NaN or inf"))
         self._session.calls.append(state)
         self._enter_scope()
         tag_inputs(self._session.table, x, context, ip)
@@ -294,8 +301,11 @@ class Tracer:
 
     def _finish(self, state: CallState, out: Any) -> None:
         info = state.info
-        outputs = [t for t in (out if isinstance(out, (tuple, list)) else (out,))
-                   if isinstance(t, torch.Tensor)]
+        outputs = [
+            t
+            for t in (out if isinstance(out, (tuple, list)) else (out,))
+            if isinstance(t, torch.Tensor)
+        ]
         if info.family == "mha":
             mha_post(state, out)
         elif outputs:
@@ -305,7 +315,9 @@ class Tracer:
         reason = state.understood()
         if reason is not None:
             if all(n.name != info.name for n in self.journey.not_understood):
-                self.journey.not_understood.append(NotUnderstood(info.name, info.module_type, reason))
+                self.journey.not_understood.append(
+                    NotUnderstood(info.name, info.module_type, reason)
+                )
             return
         record = state.record(info.name)
         if self.monitors:
@@ -321,7 +333,7 @@ def _add_note(exc: BaseException, note: str) -> None:
     if callable(add):
         add(note)
     else:  # Python 3.10: no add_note; keep the note where 3.11 would
-        exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+        setattr(exc, "__notes__", [*getattr(exc, "__notes__", []), note])  # noqa: B010
 
 
 def _describe(state: CallState) -> str:
