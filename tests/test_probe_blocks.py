@@ -107,3 +107,32 @@ def test_joint_blocks_keep_their_graph_to_the_inputs_when_asked() -> None:
     with shapetrace.trace(model, probes=[plain], monitors=False):
         model(**{**kwargs, "hidden_states": latents})
     assert all(not block.requires_grad for block in plain.blocks)
+
+
+class PreScaled(torch.nn.Module):
+    """Scales q by 1/sqrt(d) itself, then calls SDPA with scale=1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.to_q, self.to_out = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+        self.to_k, self.to_v = torch.nn.Linear(6, 8), torch.nn.Linear(6, 8)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.to_q(x).view(b, n, 2, 4).transpose(1, 2) * (4**-0.5)
+        k = self.to_k(context).view(b, -1, 2, 4).transpose(1, 2)
+        v = self.to_v(context).view(b, -1, 2, 4).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, 8))
+
+
+def test_a_query_scaled_before_the_score_op_is_not_scaled_twice_for_probes() -> None:
+    model, probe = PreScaled(), Collect()
+    x, context = torch.randn(1, 5, 8), torch.randn(1, 3, 6)
+    with torch.no_grad(), shapetrace.trace(model, probes=[probe]) as journey:
+        model(x, context)
+    q = model.to_q(x).view(1, 5, 2, 4).transpose(1, 2).double()
+    k = model.to_k(context).view(1, 3, 2, 4).transpose(1, 2).double()
+    want = torch.softmax(q @ k.transpose(-1, -2) / 2, dim=-1)
+    assert journey.layers[0].scale == pytest.approx(0.5) and journey.layers[0].ok
+    torch.testing.assert_close(probe.blocks[0], want, rtol=0, atol=1e-12)

@@ -65,7 +65,8 @@ class BranchState:
     k_segments: tuple[Segment, ...] | None
     v_lineage: frozenset[int] = frozenset()
     stages: dict[str, Stage] = field(default_factory=dict)
-    scale: float | None = None
+    scale: float | None = None  # everything q·kᵀ was multiplied by, q's and k's own included
+    kept_scale: float = 1.0  # what q and k as kept already carry: probes apply scale / kept
     heads: int | None = None
     head_dim: int | None = None
     score_ops: int = 0

@@ -79,7 +79,8 @@ def fire_probes(probes: Sequence[Probe], state: CallState, record: LayerRecord) 
     rows, cols = (
         cross_slices(main.q_segments, main.k_segments) if record.kind == "joint" else (None, None)
     )
-    scale = main.scale if main.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    total = main.scale if main.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scale = total / main.kept_scale  # q and k as kept already carry their own factors
     call = AttentionCall(record, q, k, scale, mask, probs, rows, cols)
     for probe in wanted:
         probe.on_attention(call)

@@ -340,7 +340,7 @@ class Recorder(TorchFunctionMode):
                 branch, "query_heads", tuple(q_all.shape), q_axis, fq.lineage, _chain(fq, "query")
             )
             state.heads(branch, "key_heads", tuple(k.shape), k_axis, fk.lineage, _chain(fk, "key"))
-            branch.scale, branch.mask = scale, mask
+            branch.scale, branch.mask, branch.kept_scale = scale, mask, fq.scale * fk.scale
             branch.query, branch.key, branch.q_axis, branch.k_axis = q_all, k, q_axis, k_axis
             branch.q_segments = fq_all.segments if fq_all.segments is not None else fq.segments
             state.pair(branch, "scores", tuple(out.shape), name)
@@ -431,6 +431,7 @@ class Recorder(TorchFunctionMode):
         scale = given.get("scale")
         base = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
         branch.scale = base * fq.scale * fk.scale
+        branch.kept_scale = fq.scale * fk.scale
         pair = (*q_all.shape[:-1], k_all.shape[-2])
         derived = f"derived: softmax(q kᵀ · {branch.scale:.4g}) beside fused SDPA"
         state.pair(
