@@ -97,8 +97,10 @@ class Branch:
 
 @dataclass
 class LayerRecord:
-    """One call of one attention layer (or, when recorded once per input signature, every
-    call of that signature: ``calls`` counts them)."""
+    """The journey of one attention layer at one input signature: ``calls`` counts the calls
+    it stands for (the first, ``call``, recorded op by op; later ones of the same signature
+    take the same path), ``checked`` how many of them the runtime checks looked at.
+    ``trace(..., every_call=True)`` gives one record per call instead."""
 
     name: str
     kind: str  # "self" | "cross" | "joint"
@@ -117,6 +119,7 @@ class LayerRecord:
     segments: dict[str, tuple[Segment, ...]] = field(default_factory=dict)
     branches: list[Branch] = field(default_factory=list)
     calls: int = 1
+    checked: int = 1
 
     def stage(self, name: str) -> Stage:
         """The stage called ``name``; raises ``KeyError`` naming the stages there are."""
@@ -172,6 +175,7 @@ class LayerRecord:
             "module_type": self.module_type,
             "call": self.call,
             "calls": self.calls,
+            "checked": self.checked,
             "scale": self.scale,
             "dtype": self.dtype,
             "device": self.device,
@@ -204,6 +208,7 @@ class LayerRecord:
             segments=_segments_from_dict(data.get("segments")),
             branches=[Branch.from_dict(b) for b in data.get("branches", [])],
             calls=int(data.get("calls", 1)),
+            checked=int(data.get("checked", 1)),
         )
 
 

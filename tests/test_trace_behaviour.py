@@ -57,7 +57,7 @@ def test_a_forward_that_raises_keeps_its_type_names_the_layer_and_leaves_no_hook
         handle.remove()
     (note,) = caught.value.__notes__
     assert "down_blocks.1.attentions.0.transformer_blocks.0.attn2" in note
-    assert re.search(r"projections run: to_q \(2, 16, 64\), to_k .*, to_v \(2, 77, 64\)", note)
+    assert re.search(r"input \(2, 16, 64\), context \(2, 77, 64\)", note)
     assert hook_count(unet) == 0
     assert torch._C._len_torch_function_stack() == 0
     with torch.no_grad(), shapetrace.trace(unet) as journey:
@@ -90,8 +90,12 @@ def test_nested_and_repeated_tracers_record_the_same_journey(tiny) -> None:
     with torch.no_grad(), shapetrace.trace(unet) as again:
         unet(*args, **kwargs)
         unet(*args, **kwargs)
-    assert len(again.layers) == 64
-    assert {layer.call for layer in again.layers} == {0, 1}
+    assert len(again.layers) == 32  # one record per layer and input signature
+    assert {(layer.call, layer.calls) for layer in again.layers} == {(0, 2)}
+    with torch.no_grad(), shapetrace.trace(unet, every_call=True) as every:
+        unet(*args, **kwargs)
+        unet(*args, **kwargs)
+    assert len(every.layers) == 64 and {layer.call for layer in every.layers} == {0, 1}
     assert hook_count(unet) == 0
 
 
@@ -191,10 +195,15 @@ def test_monitors_pass_a_correct_module_and_flag_nan_output() -> None:
     with shapetrace.trace(module) as journey:
         module(torch.randn(2, 5, 32), torch.randn(2, 7, 16))
     assert journey.layers[0].ok
-    with shapetrace.trace(module) as journey:
-        module(torch.full((2, 5, 32), float("nan")), torch.randn(2, 7, 16))
+    nan = torch.full((2, 5, 32), float("nan"))
+    with shapetrace.trace(module) as journey:  # a signature seen before: the output is checked
+        module(nan, torch.randn(2, 7, 16))
     failed = {c.name for c in journey.layers[0].checks if not c.ok}
-    assert {"finite", "finite_input"} <= failed
+    assert failed == {"finite"} and journey.layers[0].checked == 1
+    with shapetrace.trace(module, monitor_every=1) as journey:  # recorded: every check runs
+        module(nan, torch.randn(2, 7, 16))
+    failed = {c.name for c in journey.layers[0].checks if not c.ok}
+    assert {"finite", "finite_input", "rows_sum_to_one"} <= failed
 
 
 @pytest.mark.parametrize(

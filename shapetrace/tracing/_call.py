@@ -43,6 +43,8 @@ class Projection:
     piece: int = 0
     pieces: int = 1
     in_shape: Shape = ()
+    module: Any = field(default=None, repr=False)  # the Linear that ran (kept during the call)
+    output: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def sources(self) -> frozenset[str]:
@@ -67,6 +69,8 @@ class BranchState:
     stages: dict[str, Stage] = field(default_factory=dict)
     scale: float | None = None  # everything q·kᵀ was multiplied by, q's and k's own included
     kept_scale: float = 1.0  # what q and k as kept already carry: probes apply scale / kept
+    q_factor: float | None = None  # the factors q and k carry into the score op
+    k_factor: float | None = None
     heads: int | None = None
     head_dim: int | None = None
     score_ops: int = 0
@@ -100,7 +104,8 @@ class CallState:
     branches: list[BranchState] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     weight_names: dict[int, str] = field(default_factory=dict)
-    ip_segments: tuple[tuple[int, ...], ...] = ()
+    weight_modules: dict[int, Any] = field(default_factory=dict)
+    key: Any = None  # (layer path, input signature)
 
     # -- events from the recorder --------------------------------------------------------
     def add(self, name: str, shape: Shape, **extra: Any) -> None:
@@ -110,16 +115,18 @@ class CallState:
 
     def new_projection(
         self,
-        name: str,
-        weight: tuple[int, int],
-        shapes: tuple[Shape, Shape],
+        weight: torch.Tensor,
+        x: torch.Tensor,
+        out: torch.Tensor,
         segs: tuple[Segment, ...] | None,
     ) -> int:
-        """A projection (out, in) = ``weight`` from input shape to output shape ``shapes``."""
+        """A projection of ``x`` by ``weight`` (out_features, in_features) giving ``out``."""
         pid = len(self.projections) + 1
-        (out_f, in_f), (in_shape, out_shape) = weight, shapes
+        out_f, in_f = int(weight.shape[0]), int(weight.shape[-1])
+        name = self.weight_names.get(id(weight), "linear")
         self.projections[pid] = Projection(
-            pid, name, in_f, out_f, tuple(out_shape), segs, in_shape=tuple(in_shape)
+            pid, name, in_f, out_f, tuple(out.shape), segs, in_shape=tuple(x.shape),
+            module=self.weight_modules.get(id(weight)), output=out,
         )
         return pid
 

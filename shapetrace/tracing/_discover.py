@@ -24,6 +24,7 @@ __all__ = [
     "block_parents",
     "discover",
     "find_attention_layers",
+    "generation",
     "geometry_ancestors",
     "patch_embeddings",
 ]
@@ -34,10 +35,17 @@ _HEAD_ATTRS = ("heads", "num_heads", "n_heads", "n_head", "num_attention_heads")
 _SCALE_ATTRS = ("scale", "scaling")
 _NAMED = re.compile(r"attention|attn", re.IGNORECASE)
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict)
-#: layer -> (its processor when read, id(weight) -> name); the layer itself is never touched
-_WEIGHT_NAMES: weakref.WeakKeyDictionary[nn.Module, tuple[Any, dict[int, str]]] = (
-    weakref.WeakKeyDictionary()
-)
+#: Bumped whenever a module of a model shapetrace has searched gets a submodule (assignment,
+#: ``add_module``, a container's append): that model's cached discovery is then stale. A new
+#: container built inside a forward (diffusers slices ``self.resnets[1:]``) is no model's
+#: module, so it changes nothing. Deleting a submodule is not seen, and needs no action: a
+#: cached layer that no longer runs is simply never called.
+_GENERATION = [0]
+_TRACKED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+#: layer -> (its processor and the tree generation when read, names, modules); the layer
+#: itself is never touched
+_Weights = tuple[Any, int, dict[int, str], dict[int, nn.Module]]
+_WEIGHTS: weakref.WeakKeyDictionary[nn.Module, _Weights] = weakref.WeakKeyDictionary()
 
 
 def _diffusers_attention_types() -> tuple[type, ...]:
@@ -151,20 +159,21 @@ class LayerInfo:
                     found.append((name, item))
         return found
 
-    def weight_names(self) -> dict[int, str]:
-        """id(weight) -> the Linear's path inside the layer, to name projections in ops;
-        read once per processor (a new processor may bring its own projections)."""
+    def weights(self) -> tuple[dict[int, str], dict[int, nn.Module]]:
+        """id(weight) -> the Linear's path inside the layer, and -> the Linear itself: the
+        names label projections, the modules let probes find q and k on later calls. Read
+        once per processor and module tree (a new processor may bring its own projections)."""
         processor = getattr(self.module, "processor", None)
-        cached = _WEIGHT_NAMES.get(self.module)
-        if cached is not None and cached[0] is processor:
-            return cached[1]
-        names = {
-            id(m.weight): path
-            for path, m in self.module.named_modules()
-            if isinstance(m, nn.Linear) and path
-        }
-        _WEIGHT_NAMES[self.module] = (processor, names)
-        return names
+        cached = _WEIGHTS.get(self.module)
+        if cached is not None and cached[0] is processor and cached[1] == _GENERATION[0]:
+            return cached[2], cached[3]
+        linears = [
+            (p, m) for p, m in self.module.named_modules() if isinstance(m, nn.Linear) and p
+        ]
+        names = {id(m.weight): path for path, m in linears}
+        modules: dict[int, nn.Module] = {id(m.weight): m for _p, m in linears}
+        _WEIGHTS[self.module] = (processor, _GENERATION[0], names, modules)
+        return names, modules
 
 
 def _prefixes(name: str) -> list[str]:
@@ -206,27 +215,37 @@ def find_attention_layers(model: nn.Module) -> list[LayerInfo]:
 
 
 def geometry_ancestors(model: nn.Module, layers: list[LayerInfo]) -> list[tuple[str, nn.Module]]:
-    """Modules that contain an attention layer: their 4-D inputs give the layers' grids."""
+    """The modules whose inputs can carry the layers' grids: the model itself (SD3's and
+    PixArt's latents, Flux's ``img_ids``) and, above each layer's block, the first module
+    with a forward of its own (a UNet's ``Transformer2DModel``, given the (B, C, h, w) map)."""
     paths = {info.path for info in layers}
     if "" in paths:
         return []
-    enclosing = {"", *(prefix for path in paths for prefix in _prefixes(path))}
-    return [(name, m) for name, m in model.named_modules() if name in enclosing]
-
-
-def block_parents(model: nn.Module, layers: list[LayerInfo]) -> list[nn.Module]:
-    """The nearest module above each layer that has a forward of its own (a transformer
-    block): its inputs are tagged where they enter, so a layer that only sees an already
-    joined sequence (Flux's single-stream blocks) still knows which tokens are text."""
     modules = dict(model.named_modules())
-    found: dict[int, nn.Module] = {}
+    found = {""}
+    for path in paths:
+        above = [p for p in reversed(_prefixes(path)) if not isinstance(modules[p], _CONTAINERS)]
+        if len(above) > 1:
+            found.add(above[1])  # above[0] is the block itself
+    return [(name, m) for name, m in model.named_modules() if name in found]
+
+
+def block_parents(
+    model: nn.Module, layers: list[LayerInfo]
+) -> list[tuple[nn.Module, tuple[LayerInfo, ...]]]:
+    """The nearest module above each layer that has a forward of its own (a transformer
+    block), with the layers under it: its inputs are tagged where they enter, so a layer that
+    only sees an already joined sequence (Flux's single-stream blocks) still knows which
+    tokens are text."""
+    modules = dict(model.named_modules())
+    found: dict[int, tuple[nn.Module, list[LayerInfo]]] = {}
     for info in layers:
         for prefix in reversed(_prefixes(info.path)):
             parent = modules[prefix]
             if not isinstance(parent, _CONTAINERS):
-                found[id(parent)] = parent
+                found.setdefault(id(parent), (parent, []))[1].append(info)
                 break
-    return list(found.values())
+    return [(block, tuple(inside)) for block, inside in found.values()]
 
 
 def patch_embeddings(model: nn.Module) -> list[nn.Module]:
@@ -247,22 +266,24 @@ class Discovered:
     modules whose inputs give grids, its patch embeddings."""
 
     layers: tuple[LayerInfo, ...]
-    blocks: tuple[nn.Module, ...]
+    blocks: tuple[tuple[nn.Module, tuple[LayerInfo, ...]], ...]
     ancestors: tuple[nn.Module, ...]
     patches: tuple[nn.Module, ...]
     generation: int
 
 
-#: Bumped whenever any module anywhere gets a submodule (assignment, ``add_module``, a
-#: container's append): a model's cached discovery is then stale. Deleting a submodule is
-#: not seen, and needs none: a cached layer that no longer runs is simply never called.
-_GENERATION = [0]
 _WATCHING: list[Any] = []
 _DISCOVERED: weakref.WeakKeyDictionary[nn.Module, Discovered] = weakref.WeakKeyDictionary()
 
 
-def _changed(_module: nn.Module, _name: str, _submodule: nn.Module | None) -> None:
-    _GENERATION[0] += 1
+def _changed(module: nn.Module, _name: str, _submodule: nn.Module | None) -> None:
+    if module in _TRACKED:
+        _GENERATION[0] += 1
+
+
+def generation() -> int:
+    """How many times any module tree has changed since shapetrace started watching."""
+    return _GENERATION[0]
 
 
 def discover(model: nn.Module) -> Discovered:
@@ -281,6 +302,7 @@ def discover(model: nn.Module) -> Discovered:
     if found is not None and found.generation == _GENERATION[0]:
         return found
     generation = _GENERATION[0]
+    _TRACKED.update(model.modules())
     layers = find_attention_layers(model)
     found = Discovered(
         layers=tuple(layers),

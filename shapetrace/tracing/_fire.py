@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,7 +14,10 @@ from shapetrace.stages import Check
 from shapetrace.tracing._call import CallState, cross_slices
 from shapetrace.tracing._probe import AttentionCall, Probe
 
-__all__ = ["as_bhtd", "fire_probes"]
+if TYPE_CHECKING:
+    from shapetrace.tracing._plan import Plan
+
+__all__ = ["as_bhtd", "fire_planned", "fire_probes"]
 
 
 def as_bhtd(t: torch.Tensor, axis: int, batch: int, heads: int) -> torch.Tensor | None:
@@ -82,5 +86,30 @@ def fire_probes(probes: Sequence[Probe], state: CallState, record: LayerRecord) 
     total = main.scale if main.scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scale = total / main.kept_scale  # q and k as kept already carry their own factors
     call = AttentionCall(record, q, k, scale, mask, probs, rows, cols)
+    for probe in wanted:
+        probe.on_attention(call)
+
+
+def fire_planned(
+    probes: Sequence[Probe], plan: Plan, captures: dict[int, torch.Tensor], record: LayerRecord
+) -> None:
+    """Give the wanting probes a call that ran without the recorder: q and k rebuilt from its
+    projections' outputs through the plan learned on a recorded call of its signature."""
+    wanted = [p for p in probes if _wants(p, record)]
+    q_module, k_module = plan.q.module(), plan.k.module()
+    q_out = captures.get(id(q_module)) if q_module is not None else None
+    k_out = captures.get(id(k_module)) if k_module is not None else None
+    if not wanted or q_out is None or k_out is None:
+        if wanted:
+            record.checks.append(Check("probes", False, "a projection did not run as planned; "
+                                       "the probes were not given this call"))
+        return
+    q = plan.q.heads(q_out, plan.heads, plan.head_dim)
+    k = plan.k.heads(k_out, plan.heads, plan.head_dim)
+    mask = None
+    if plan.causal:
+        n, m = q.shape[2], k.shape[2]
+        mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril(diagonal=m - n)[None, None]
+    call = AttentionCall(record, q, k, plan.scale, mask)
     for probe in wanted:
         probe.on_attention(call)

@@ -214,8 +214,7 @@ class Recorder(TorchFunctionMode):
         if state.input_4d and "tokens" not in state.stages and x.dim() == 3 and flow.seq == (1, 2):
             state.add("tokens", tuple(x.shape), op="flatten (B, C, h, w) → (B, hw, C)")
         segments = flow.segments if flow.seq is not None else None
-        shape = (int(weight.shape[0]), int(weight.shape[-1]))
-        pid = state.new_projection(name, shape, (tuple(x.shape), tuple(out.shape)), segments)
+        pid = state.new_projection(weight, x, out, segments)
         packed = (out.dim() - 1, out.dim())
         self._put(
             [
@@ -341,6 +340,7 @@ class Recorder(TorchFunctionMode):
             )
             state.heads(branch, "key_heads", tuple(k.shape), k_axis, fk.lineage, _chain(fk, "key"))
             branch.scale, branch.mask, branch.kept_scale = scale, mask, fq.scale * fk.scale
+            branch.q_factor, branch.k_factor = fq.scale, fk.scale
             branch.query, branch.key, branch.q_axis, branch.k_axis = q_all, k, q_axis, k_axis
             branch.q_segments = fq_all.segments if fq_all.segments is not None else fq.segments
             state.pair(branch, "scores", tuple(out.shape), name)
@@ -432,6 +432,7 @@ class Recorder(TorchFunctionMode):
         base = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
         branch.scale = base * fq.scale * fk.scale
         branch.kept_scale = fq.scale * fk.scale
+        branch.q_factor, branch.k_factor = fq.scale, fk.scale
         pair = (*q_all.shape[:-1], k_all.shape[-2])
         derived = f"derived: softmax(q kᵀ · {branch.scale:.4g}) beside fused SDPA"
         state.pair(

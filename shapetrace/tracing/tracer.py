@@ -14,17 +14,16 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from shapetrace.errors import NoAttentionLayersError, ShapeTraceError
-from shapetrace.journey import Journey, NotUnderstood
-from shapetrace.tracing import _monitors
+from shapetrace.journey import Journey
 from shapetrace.tracing._call import CallState
+from shapetrace.tracing._compiled import compiled_original
 from shapetrace.tracing._discover import Discovered, LayerInfo, discover
-from shapetrace.tracing._fire import fire_probes
-from shapetrace.tracing._geometry import Grid, first_tensor, grid_of_input, grid_of_patches
-from shapetrace.tracing._inputs import layer_inputs, tag_inputs, tag_outputs
-from shapetrace.tracing._mha import mha_post, mha_pre
+from shapetrace.tracing._geometry import Grid, grid_of_input, grid_of_patches
+from shapetrace.tracing._hooks import CallHooks, FastCall
+from shapetrace.tracing._memory import memory_of
 from shapetrace.tracing._probe import Probe
 from shapetrace.tracing._recorder import Recorder, Session
-from shapetrace.tracing._validate import validate_call, validate_unet
+from shapetrace.tracing._validate import validate_unet
 
 __all__ = ["Tracer", "trace"]
 
@@ -49,12 +48,22 @@ def _check_probes(probes: Iterable[Any]) -> tuple[Probe, ...]:
 def _check_grids(grids: Iterable[Any]) -> tuple[Grid, ...]:
     out = []
     for g in grids:
-        if not (
-            isinstance(g, Sequence) and len(g) == 2 and all(isinstance(x, int) and x > 0 for x in g)
-        ):
+        pair = isinstance(g, Sequence) and len(g) == 2
+        if not pair or not all(isinstance(x, int) and x > 0 for x in g):
             raise ShapeTraceError(f"grids takes (h, w) pairs of positive ints, got {g!r}")
         out.append(Grid(int(g[0]), int(g[1]), "given by the caller"))
     return tuple(out)
+
+
+def _check_every(monitor_every: object) -> int | None:
+    if monitor_every is None:
+        return None
+    if isinstance(monitor_every, bool) or not isinstance(monitor_every, int) or monitor_every < 1:
+        raise ShapeTraceError(
+            f"monitor_every={monitor_every!r}: give a whole number >= 1 (1 checks every call, "
+            "k the first and every k-th call of each input signature), or None"
+        )
+    return monitor_every
 
 
 class Tracer:
@@ -68,6 +77,8 @@ class Tracer:
         probes: Iterable[Probe] = (),
         strict: bool = True,
         grids: Iterable[tuple[int, int]] = (),
+        every_call: bool = False,
+        monitor_every: int | None = None,
     ) -> None:
         if not isinstance(module, nn.Module):
             raise ShapeTraceError(
@@ -79,6 +90,8 @@ class Tracer:
         self.probes = _check_probes(probes)
         self.strict = strict
         self.grids = _check_grids(grids)
+        self.every_call = bool(every_call)
+        self.monitor_every = _check_every(monitor_every)
         self.journey = Journey(model=type(module).__name__)
         self.layers: list[LayerInfo] = []
         self._session = Session(monitors=self.monitors)
@@ -86,8 +99,8 @@ class Tracer:
         self._handles: list[RemovableHandle] = []
         self._geometry: list[Grid | None] = []
         self._patches: list[Grid] = []
-        self._counts: dict[str, int] = {}
-        self._failed: CallState | None = None
+        self._captured: set[int] = set()
+        self._hooks: CallHooks | None = None
         self._thread: int | None = None
         self._used = False
         self._warnings: Any = None
@@ -100,62 +113,97 @@ class Tracer:
                 "Start a new one with shapetrace.trace(model)."
             )
         self._used = True
-        found = discover(self.module)
+        compiled = compiled_original(self.module)
+        if compiled is not None and self.probes:
+            raise ShapeTraceError(
+                "probes need every attention call, which a torch.compile'd model runs inside "
+                "its compiled graph: capture with the original module "
+                "(trace(model._orig_mod, probes=...)) and compile for the runs without capture"
+            )
+        target = compiled if compiled is not None else self.module
+        found = discover(target)
         self.layers = list(found.layers)
         if not self.layers:
-            n = sum(1 for _ in self.module.modules())
+            n = sum(1 for _ in target.modules())
             raise NoAttentionLayersError(
-                f"{type(self.module).__name__} holds no attention layer shapetrace can hook "
+                f"{type(target).__name__} holds no attention layer shapetrace can hook "
                 f"(searched {n} modules for diffusers Attention, nn.MultiheadAttention, modules "
                 "with q/k/v or fused qkv projections, and modules named *Attention with a "
                 "Linear). Pass the model that contains them (e.g. pipe.unet)."
             )
         self._thread = threading.get_ident()
+        self._hooks = CallHooks(
+            self.journey,
+            self._session,
+            memory_of(target, found.generation, self.monitors),
+            probes=self.probes,
+            every_call=self.every_call,
+            monitor_every=self.monitor_every,
+            scope=(self._enter_scope, self._exit_scope),
+            grids=self._grids,
+            hook_capture=self._hook_capture,
+        )
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
         warnings.filterwarnings("ignore", message=_SILENCED)
         try:
-            self._install(found)
+            if compiled is not None:
+                self._install_compiled(compiled, found)
+            else:
+                self._install(found)
         except BaseException:
             self._remove()
             raise
         return self.journey
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        failed = self._failed or self._session.top()
+        hooks = self._hooks
+        failed = (hooks.failed or self._session.top()) if hooks is not None else None
         self._remove()
+        if hooks is not None and exc is None:
+            hooks.resolve()
         if exc is not None:
             if isinstance(exc, Exception) and not isinstance(exc, ShapeTraceError) and failed:
-                _add_note(
-                    exc,
-                    f"shapetrace: raised inside attention layer {failed.info.name!r} "
-                    f"({failed.info.module_type}) after stages {_describe(failed)}",
-                )
+                _add_note(exc, f"shapetrace: raised inside attention layer {failed.info.name!r} "
+                          f"({failed.info.module_type}) after {_describe(failed)}")
             return
         if self.strict and not self.journey.layers and not self.journey.not_understood:
-            skipped = "".join(
-                f"; {n} {why.replace('_', ' ')} left out" for why, n in self.journey.skipped.items()
-            )
+            skipped = "".join(f"; {n} {why.replace('_', ' ')} left out" for why, n in
+                              self.journey.skipped.items())
             raise NoAttentionLayersError(
                 f"the traced block ran none of the {len(self.layers)} attention layers of "
                 f"{type(self.module).__name__} (first: {self.layers[0].name!r}){skipped}; call "
                 "the model inside the `with shapetrace.trace(model)` block, on this thread."
             )
 
-    def _install(self, found: Discovered) -> None:
+    def _install(self, found: Discovered, *, root: nn.Module | None = None) -> None:
+        hooks = self._hooks
+        assert hooks is not None
+        root = self.module if root is None else root
         for info in found.layers:
             self._hook_layer(info)
-        for module in found.blocks:
+        for module, inside in found.blocks:
+            hooks.block_layers[id(module)] = inside
             self._hook_block(module)
         for module in found.ancestors:
             self._hook_geometry(module)
         for module in found.patches:
             self._handles.append(module.register_forward_pre_hook(self._patch_pre))
         self._handles.append(
-            self.module.register_forward_pre_hook(
+            root.register_forward_pre_hook(
                 lambda m, a, k: validate_unet(m, a, k) if self._ours() else None,
-                with_kwargs=True,
-                prepend=True,
+                with_kwargs=True, prepend=True,
+            )
+        )
+
+    def _install_compiled(self, original: nn.Module, found: Discovered) -> None:
+        """A compiled model keeps its graph: hooks go on the original module only while an
+        eager shadow forward records a new signature (see ``_compiled``)."""
+        from shapetrace.tracing._compiled import shadow_hook
+
+        self._handles.append(
+            self.module.register_forward_pre_hook(
+                shadow_hook(self, original, found), with_kwargs=True
             )
         )
 
@@ -169,9 +217,12 @@ class Tracer:
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
+            self._captured.clear()
             self._session.calls.clear()
             self._session.table.clear()
             self._geometry.clear()
+            if self._hooks is not None:
+                self._hooks.frames.clear()
             if self._warnings is not None:
                 self._warnings.__exit__(None, None, None)
                 self._warnings = None
@@ -217,114 +268,55 @@ class Tracer:
 
     def _patch_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         grid = grid_of_patches(module, args) if self._ours() else None
-        if grid is not None:
+        if grid is not None and (not self._patches or self._patches[-1] != grid):
             self._patches.append(grid)
 
     def _grids(self) -> tuple[Grid, ...]:
         inner = tuple(g for g in reversed(self._geometry) if g is not None)
-        return (*inner, *reversed(self._patches), *self.grids)
+        return (*inner, *reversed(self._patches[-4:]), *self.grids)
 
     def _hook_block(self, module: nn.Module) -> None:
-        def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hooks = self._hooks
+        assert hooks is not None
+
+        def pre(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if self._ours():
-                self._enter_scope()
-                tag_inputs(self._session.table, *layer_inputs(args, kwargs))
+                hooks.block_pre(m, args, kwargs)
 
         def post(_m: nn.Module, _a: Any, _k: Any, _out: Any) -> None:
             if self._ours():
-                self._exit_scope()
+                hooks.block_post()
 
         self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         self._handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
 
     def _hook_layer(self, info: LayerInfo) -> None:
+        hooks = self._hooks
+        assert hooks is not None
+
         def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if self._ours(count=True):
-                self._begin(info, args, kwargs)
+                hooks.begin(info, args, kwargs)
 
         def post(_m: nn.Module, _a: Any, _k: Any, out: Any) -> None:
             if self._ours():
-                self._end(info, out)
+                hooks.end(info, out)
 
         self._handles.append(info.module.register_forward_pre_hook(pre, with_kwargs=True))
         self._handles.append(
             info.module.register_forward_hook(post, with_kwargs=True, always_call=True)
         )
 
-    def _begin(self, info: LayerInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        hidden, context, ip = layer_inputs(args, kwargs)
-        x = hidden if hidden is not None else first_tensor(args, kwargs)
-        if x is None:
+    def _hook_capture(self, module: nn.Module) -> None:
+        """Keep a projection's output for fast calls whose probes need it (hooked once)."""
+        if id(module) in self._captured:
             return
-        if info.family != "mha":
-            validate_call(info, x, (context, ip) if ip else context)
-        state = CallState(
-            info=info,
-            call=self._counts.get(info.name, 0),
-            batch=int(x.shape[0]) if x.dim() > 1 else 1,
-            geometry=self._grids(),
-            dtype=str(x.dtype).replace("torch.", ""),
-            device=x.device.type,
-            input_4d=x.dim() == 4,
+        self._captured.add(id(module))
+        hooks = self._hooks
+        assert hooks is not None
+        self._handles.append(
+            module.register_forward_hook(lambda m, _a, out: hooks.capture(m, out))
         )
-        if info.family == "mha":
-            mha_pre(state, args, kwargs)
-        else:
-            state.weight_names = info.weight_names()
-            state.add("input", tuple(x.shape), op="layer input")
-            if x.dim() == 4:
-                state.add("feature_map", tuple(x.shape), op="layer input")
-            if context is not None:
-                state.add("context", tuple(context.shape), op="encoder hidden states")
-            values = x.device.type != "meta" and x.is_floating_point()
-            if self.monitors and values and not _monitors.all_finite(x):
-                state.checks.append(_monitors.Check("finite_input", False, "input has NaN or inf"))
-        self._session.calls.append(state)
-        self._enter_scope()
-        tag_inputs(self._session.table, x, context, ip)
-
-    def _end(self, info: LayerInfo, out: Any) -> None:
-        state = self._session.top()
-        if state is None or state.info is not info:
-            return
-        self._session.calls.pop()
-        self._counts[info.name] = state.call + 1
-        try:
-            if out is None:  # the forward raised inside the layer
-                self._failed = state
-                return
-            with torch._C.DisableTorchFunction():
-                self._finish(state, out)
-            tag_outputs(self._session.table, out, state)
-        finally:
-            self._exit_scope()
-
-    def _finish(self, state: CallState, out: Any) -> None:
-        info = state.info
-        outputs = [
-            t
-            for t in (out if isinstance(out, (tuple, list)) else (out,))
-            if isinstance(t, torch.Tensor)
-        ]
-        if info.family == "mha":
-            mha_post(state, out)
-        elif outputs:
-            state.add("output", tuple(outputs[0].shape), op="layer output")
-            if len(outputs) == 2 and outputs[1].dim() == 3:
-                state.add("context_output", tuple(outputs[1].shape), op="layer output (text)")
-        reason = state.understood()
-        if reason is not None:
-            if all(n.name != info.name for n in self.journey.not_understood):
-                self.journey.not_understood.append(
-                    NotUnderstood(info.name, info.module_type, reason)
-                )
-            return
-        record = state.record(info.name)
-        if self.monitors:
-            _monitors.final_checks(state, record, out)
-        self.journey.layers.append(record)
-        if self.probes:
-            fire_probes(self.probes, state, record)
 
 
 def _add_note(exc: BaseException, note: str) -> None:
@@ -336,11 +328,16 @@ def _add_note(exc: BaseException, note: str) -> None:
         setattr(exc, "__notes__", [*getattr(exc, "__notes__", []), note])  # noqa: B010
 
 
-def _describe(state: CallState) -> str:
-    stages = {**state.stages, **{n: s for b in state.branches for n, s in b.stages.items()}}
+def _describe(frame: CallState | FastCall) -> str:
+    if isinstance(frame, FastCall):
+        record = frame.learned.record
+        known = ", ".join(f"{s.name} {s.shape}" for s in record.stages) if record else "(none)"
+        return f"stages {known} (a call of an input signature recorded before)"
+    stages = {**frame.stages, **{n: s for b in frame.branches for n, s in b.stages.items()}}
     seen = ", ".join(f"{n} {s.shape}" for n, s in stages.items()) or "(none)"
-    projections = ", ".join(f"{p.name} {p.shape}" for p in state.projections.values())
-    return f"{seen}; projections run: {projections}" if projections else seen
+    projections = ", ".join(f"{p.name} {p.shape}" for p in frame.projections.values())
+    text = f"stages {seen}"
+    return f"{text}; projections run: {projections}" if projections else text
 
 
 def trace(
@@ -350,6 +347,8 @@ def trace(
     probes: Iterable[Probe] = (),
     strict: bool = True,
     grids: Iterable[tuple[int, int]] = (),
+    every_call: bool = False,
+    monitor_every: int | None = None,
 ) -> Tracer:
     """Record the dimension journey of every attention call made inside the block.
 
@@ -359,12 +358,23 @@ def trace(
     >>> layer.shape("feature_map"), layer.shape("scores")             # doctest: +SKIP
     ((1, 320, 64, 64), (1, 8, 4096, 77))
 
-    ``monitors`` checks the softmax axis, row sums, heads x head_dim and the scale while it
-    runs; ``probes`` receive each call's q and k heads (see ``AttentionCall``). ``grids``
-    names token grids the caller knows (e.g. Flux's packed latent on ``meta``). Every hook is
-    removed when the block ends, also when the forward raises (the exception keeps its type,
-    with a note naming the layer); with ``strict`` a block that ran no attention layer raises
-    ``NoAttentionLayersError``. Calls from other threads, and forwards that gradient
-    checkpointing re-runs during backward, are left out and counted in ``journey.skipped``.
+    A layer's journey depends only on its input signature (shapes, dtypes, devices, the
+    processor, grad and autocast mode), so the first call of each signature is recorded op by
+    op, and later calls, in this block or a later one on the same model, only count
+    (``layer.calls``): a ``with`` around every denoising step costs little. ``every_call``
+    records every call (one record each). ``monitors`` checks the softmax axis, row sums,
+    heads x head_dim, the scale and finiteness on recorded calls; ``monitor_every=k`` records
+    and checks the first and every k-th call of each signature in this block too (the report
+    says how many calls were checked). ``probes`` receive every call's q and k heads (see
+    ``AttentionCall``). ``grids`` names token grids the caller knows (e.g. Flux's packed latent
+    on ``meta``). Every hook is removed when the block ends, also when the forward raises (the
+    exception keeps its type, with a note naming the layer); with ``strict`` a block that ran
+    no attention layer raises ``NoAttentionLayersError``. Calls from other threads, and
+    forwards that gradient checkpointing re-runs during backward, are left out and counted in
+    ``journey.skipped``. A ``torch.compile``'d model keeps its compiled graph: each new input
+    signature is recorded once from an eager forward of the original module beside it.
     """
-    return Tracer(module, monitors=monitors, probes=probes, strict=strict, grids=grids)
+    return Tracer(
+        module, monitors=monitors, probes=probes, strict=strict, grids=grids,
+        every_call=every_call, monitor_every=monitor_every,
+    )

@@ -1,0 +1,309 @@
+"""What happens at each hooked call: a block or layer decides whether to record op by op or to
+run fast, and a finished call becomes (or counts towards) a record of the journey.
+
+The stack of frames mirrors the calls in progress. A block records when its signature is new,
+when a monitor sample is due, with ``every_call``, or when probes want a layer inside that has
+no plan; the layers inside a recording block record too. Otherwise a layer of a known signature
+runs fast: no recorder, no validation (its signature passed it before), a count, and for probes
+q and k rebuilt from its projections' outputs through the learned plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from shapetrace.journey import Journey, LayerRecord, NotUnderstood
+from shapetrace.stages import Check
+from shapetrace.tracing import _monitors
+from shapetrace.tracing._call import CallState
+from shapetrace.tracing._discover import LayerInfo
+from shapetrace.tracing._fire import fire_planned, fire_probes
+from shapetrace.tracing._geometry import Grid, first_tensor
+from shapetrace.tracing._inputs import layer_inputs, tag_inputs, tag_outputs
+from shapetrace.tracing._journal import Journal
+from shapetrace.tracing._memory import Learned, ModelMemory
+from shapetrace.tracing._mha import mha_post, mha_pre
+from shapetrace.tracing._plan import Plan, learn_plan
+from shapetrace.tracing._probe import Probe
+from shapetrace.tracing._recorder import Session
+from shapetrace.tracing._signature import signature
+from shapetrace.tracing._validate import validate_call
+
+__all__ = ["BlockFrame", "CallHooks", "FastCall"]
+
+
+@dataclass
+class BlockFrame:
+    key: tuple[int, Hashable]
+    full: bool
+    plans: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class FastCall:
+    info: LayerInfo
+    key: tuple[str, Hashable]
+    learned: Learned
+    call: int
+    captures: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Deferred:
+    """A finiteness flag left on the device until the trace ends (no sync per layer)."""
+
+    record: LayerRecord
+    name: str
+    finite: torch.Tensor
+    what: str
+
+
+Frame = BlockFrame | CallState | FastCall | None
+
+
+class CallHooks:
+    """The per-call side of a tracer: frames, decisions, records."""
+
+    def __init__(
+        self,
+        journey: Journey,
+        session: Session,
+        memory: ModelMemory,
+        *,
+        probes: Sequence[Probe],
+        every_call: bool,
+        monitor_every: int | None,
+        scope: tuple[Callable[[], None], Callable[[], None]],
+        grids: Callable[[], tuple[Grid, ...]],
+        hook_capture: Callable[[nn.Module], None],
+    ) -> None:
+        self.journey, self.session, self.memory = journey, session, memory
+        self.probes, self.every_call, self.monitor_every = probes, every_call, monitor_every
+        self.enter_scope, self.exit_scope = scope
+        self.grids, self.hook_capture = grids, hook_capture
+        self.journal = Journal(journey, every_call=every_call)
+        self.frames: list[Frame] = []
+        self.counts: dict[str, int] = {}
+        self.seen: dict[Hashable, int] = {}  # calls per signature key in this trace
+        self.wanted: dict[Hashable, bool] = {}
+        self.block_layers: dict[int, tuple[LayerInfo, ...]] = {}
+        self.failed: CallState | FastCall | None = None
+        self.deferred: list[Deferred] = []
+
+    # -- decisions -----------------------------------------------------------------------
+    def _sample_due(self, key: Hashable) -> bool:
+        n = self.seen[key] = self.seen.get(key, 0) + 1
+        return self.monitor_every is not None and (n - 1) % self.monitor_every == 0
+
+    def _wants(self, key: Hashable, record: LayerRecord) -> bool:
+        if key not in self.wanted:
+            self.wanted[key] = any(
+                getattr(p, "wants", None) is None or bool(p.wants(record))  # type: ignore[attr-defined]
+                for p in self.probes
+            )
+        return self.wanted[key]
+
+    def _block(self) -> BlockFrame | None:
+        return next((f for f in reversed(self.frames) if isinstance(f, BlockFrame)), None)
+
+    def _pop(self, kind: type | tuple[type, ...]) -> Any:
+        if self.frames and (self.frames[-1] is None or isinstance(self.frames[-1], kind)):
+            return self.frames.pop()
+        for i in range(len(self.frames) - 1, -1, -1):  # an interrupt left frames above it
+            if isinstance(self.frames[i], kind):
+                return self.frames.pop(i)
+        return None
+
+    # -- blocks --------------------------------------------------------------------------
+    def block_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        layers = self.block_layers.get(id(module), ())
+        processors = tuple(id(getattr(i.module, "processor", None)) for i in layers)
+        key = (id(module), signature(args, kwargs, processors, module.training))
+        plans_ok = self.memory.blocks.get(key)
+        sampled = self._sample_due(key)
+        full = (
+            self.every_call or plans_ok is None or sampled or (bool(self.probes) and not plans_ok)
+        )
+        self.frames.append(BlockFrame(key, full))
+        if full:
+            self.enter_scope()
+            tag_inputs(self.session.table, *layer_inputs(args, kwargs))
+
+    def block_post(self) -> None:
+        frame = self._pop(BlockFrame)
+        if isinstance(frame, BlockFrame) and frame.full:
+            self.memory.blocks[frame.key] = all(frame.plans)
+            self.exit_scope()
+
+    # -- layers --------------------------------------------------------------------------
+    def begin(self, info: LayerInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden, context, ip = layer_inputs(args, kwargs)
+        x = hidden if hidden is not None else first_tensor(args, kwargs)
+        if x is None:
+            self.frames.append(None)
+            return
+        grids = self.grids()
+        processor = id(getattr(info.module, "processor", None))
+        key = (info.path, signature(args, kwargs, processor, info.module.training, grids))
+        call = self.counts.get(info.name, 0)
+        self.counts[info.name] = call + 1
+        learned = self.memory.layers.get(key)
+        parent = self._block()
+        if parent is not None:
+            full = parent.full or learned is None
+        else:
+            sampled = self._sample_due(key)
+            full = self.every_call or learned is None or sampled
+            full = full or self._needs_recorder(key, learned)
+        if not full and learned is not None:
+            self.frames.append(FastCall(info, key, learned, call))
+            plan, record = learned.plan, learned.record
+            if plan is not None and record is not None and self.probes and self._wants(key, record):
+                for side in (plan.q, plan.k):
+                    module = side.module()
+                    if module is not None:
+                        self.hook_capture(module)
+            return
+        self._begin_full(info, key, call, x, (context, ip), grids, args, kwargs)
+
+    def _needs_recorder(self, key: Hashable, learned: Learned) -> bool:
+        """Probes want this layer and no plan gives them q and k without the recorder."""
+        if not self.probes or learned.record is None:
+            return False
+        return learned.plan is None and self._wants(key, learned.record)
+
+    def _begin_full(self, info, key, call, x, inputs, grids, args, kwargs) -> None:
+        context, ip = inputs
+        if info.family != "mha":
+            validate_call(info, x, (context, ip) if ip else context)
+        state = CallState(
+            info=info,
+            call=call,
+            batch=int(x.shape[0]) if x.dim() > 1 else 1,
+            geometry=grids,
+            dtype=str(x.dtype).replace("torch.", ""),
+            device=x.device.type,
+            input_4d=x.dim() == 4,
+        )
+        state.key = key
+        if info.family == "mha":
+            mha_pre(state, args, kwargs)
+        else:
+            state.weight_names, state.weight_modules = info.weights()
+            state.add("input", tuple(x.shape), op="layer input")
+            if x.dim() == 4:
+                state.add("feature_map", tuple(x.shape), op="layer input")
+            if context is not None:
+                state.add("context", tuple(context.shape), op="encoder hidden states")
+            values = x.device.type != "meta" and x.is_floating_point()
+            if self.session.monitors and values and not _monitors.all_finite(x):
+                state.checks.append(Check("finite_input", False, "input has NaN or inf"))
+        self.frames.append(state)
+        self.session.calls.append(state)
+        self.enter_scope()
+        tag_inputs(self.session.table, x, context, ip)
+
+    def end(self, info: LayerInfo, out: Any) -> None:
+        frame = self._pop((CallState, FastCall))
+        if frame is None or frame.info is not info:
+            return
+        if isinstance(frame, FastCall):
+            if out is None:
+                self.failed = frame
+                return
+            record = frame.learned.record
+            if record is not None:
+                kept = self.journal.repeated(frame.key, record, frame.call)
+                if kept.calls == 1 and self.session.monitors:  # its first call in this trace
+                    self._check_values(kept, out)
+                plan = frame.learned.plan
+                if plan is not None and self.probes and self._wants(frame.key, record):
+                    fire_planned(self.probes, plan, frame.captures, kept)
+            return
+        if self.session.calls and self.session.calls[-1] is frame:
+            self.session.calls.pop()
+        try:
+            if out is None:  # the forward raised inside the layer
+                self.failed = frame
+                return
+            with torch._C.DisableTorchFunction():
+                self._finish(frame, out)
+            tag_outputs(self.session.table, out, frame)
+        finally:
+            self.exit_scope()
+
+    def _finish(self, state: CallState, out: Any) -> None:
+        info = state.info
+        outputs = [t for t in (out if isinstance(out, (tuple, list)) else (out,))
+                   if isinstance(t, torch.Tensor)]
+        if info.family == "mha":
+            mha_post(state, out)
+        elif outputs:
+            state.add("output", tuple(outputs[0].shape), op="layer output")
+            if len(outputs) == 2 and outputs[1].dim() == 3:
+                state.add("context_output", tuple(outputs[1].shape), op="layer output (text)")
+        parent = self._block()
+        reason = state.understood()
+        if reason is not None:
+            if all(n.name != info.name for n in self.journey.not_understood):
+                entry = NotUnderstood(info.name, info.module_type, reason)
+                self.journey.not_understood.append(entry)
+            self.memory.layers.setdefault(state.key, Learned(None, None))
+            if parent is not None:
+                parent.plans.append(True)  # probes get nothing from it either way
+            return
+        record = state.record(info.name)
+        if self.session.monitors:
+            _monitors.final_checks(state, record, out)
+        plan: Plan | None = None
+        known = self.memory.layers.get(state.key)
+        if known is None:
+            plan = learn_plan(state, record)
+            template = replace(record, checks=list(record.checks))
+            self.memory.layers[state.key] = Learned(template, plan)
+        else:
+            plan = known.plan
+        if parent is not None:
+            parent.plans.append(plan is not None)
+        kept = self.journal.recorded(state.key, record)
+        if self.probes:
+            fire_probes(self.probes, state, kept)
+        for proj in state.projections.values():  # the outputs were kept for the plan only
+            proj.output = None
+
+    def _check_values(self, record: LayerRecord, out: Any) -> None:
+        """A finite output (a NaN or inf input shows there too), left on the device until
+        ``resolve``."""
+        result = out[0] if isinstance(out, (tuple, list)) and out else out
+        for name, t, what in (("finite", result, "output"),):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.is_floating_point():
+                # inf and NaN survive a sum; a float32 (float64) sum of finite activations does
+                # not overflow, so the flag is exact without a pass of isfinite over every value
+                acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+                flag = torch.isfinite(t.detach().sum(dtype=acc))
+                self.deferred.append(Deferred(record, name, flag, what))
+        record.checked = 1
+
+    def resolve(self) -> None:
+        """Read the deferred flags (one sync for the whole trace) into the records' checks."""
+        for item in self.deferred:
+            ok = bool(item.finite)
+            detail = f"{item.what} finite" if ok else f"{item.what} has NaN or inf"
+            checks = item.record.checks
+            at = next((i for i, c in enumerate(checks) if c.name == item.name), None)
+            if at is None:
+                checks.append(Check(item.name, ok, detail))
+            elif checks[at].ok and not ok:
+                checks[at] = Check(item.name, False, detail)
+        self.deferred.clear()
+
+    def capture(self, module: nn.Module, out: Any) -> None:
+        """A projection ran: keep its output if a fast call's plan needs it."""
+        top = self.frames[-1] if self.frames else None
+        if isinstance(top, FastCall) and isinstance(out, torch.Tensor):
+            top.captures[id(module)] = out
