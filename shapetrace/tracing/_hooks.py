@@ -159,7 +159,7 @@ class CallHooks:
         else:
             sampled = self._sample_due(key)
             full = self.every_call or learned is None or sampled
-            full = full or self._needs_recorder(key, learned)
+            full = full or (learned is not None and self._needs_recorder(key, learned))
         if not full and learned is not None:
             self.frames.append(FastCall(info, key, learned, call))
             plan, record = learned.plan, learned.record
