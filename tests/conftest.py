@@ -21,10 +21,12 @@ from shapetrace.testing.pytest_plugin import skip_marked_without_cuda
 
 pytest_plugins = ["pytester"]
 
-MUTATION_BOARD = pytest.StashKey[dict[str, str | None]]()
-"""Planted bug -> the invariant its check named (None: it survived), filled by test_mutants."""
-FALSE_ALARMS = pytest.StashKey[dict[str, str | None]]()
-"""Correct variant -> the invariant wrongly reported (None: it passed), filled by test_mutants."""
+MUTATION_BOARD = pytest.StashKey[dict[str, tuple[str, str, str | None]]]()
+"""Planted bug -> (module or processor, its kind, the invariant its check named; None: it
+survived), filled by test_mutants."""
+FALSE_ALARMS = pytest.StashKey[dict[str, tuple[str, str | None]]]()
+"""Correct variant -> (module or processor, the invariant wrongly reported; None: it passed),
+filled by test_mutants."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,12 +67,12 @@ def single_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def mutation_board(pytestconfig: pytest.Config) -> dict[str, str | None]:
+def mutation_board(pytestconfig: pytest.Config) -> dict[str, tuple[str, str, str | None]]:
     return pytestconfig.stash[MUTATION_BOARD]
 
 
 @pytest.fixture(scope="session")
-def false_alarms(pytestconfig: pytest.Config) -> dict[str, str | None]:
+def false_alarms(pytestconfig: pytest.Config) -> dict[str, tuple[str, str | None]]:
     return pytestconfig.stash[FALSE_ALARMS]
 
 
@@ -81,14 +83,23 @@ def pytest_terminal_summary(
     alarms = config.stash.get(FALSE_ALARMS, {})
     if not board and not alarms:
         return
-    killed = sum(name is not None for name in board.values())
-    raised = sum(name is not None for name in alarms.values())
+    write = terminalreporter.write_line
     terminalreporter.section("shapetrace mutation score")
-    terminalreporter.write_line(
-        f"planted bugs caught: {killed}/{len(board)}; "
-        f"false alarms on correct variants: {raised}/{len(alarms)}"
-    )
-    for mutant, invariant in sorted(board.items()):
-        terminalreporter.write_line(f"  caught  {mutant:<30} {invariant or 'SURVIVED'}")
-    for variant, invariant in sorted(alarms.items()):
-        terminalreporter.write_line(f"  passed  {variant:<30} {invariant or 'no false alarm'}")
+    for group in ("module", "processor"):
+        bugs = {name: v for name, v in board.items() if v[0] == group}
+        variants = {name: v for name, v in alarms.items() if v[0] == group}
+        killed = sum(named is not None for _, _, named in bugs.values())
+        raised = sum(named is not None for _, named in variants.values())
+        write(
+            f"{group}s: planted bugs caught {killed}/{len(bugs)}; "
+            f"false alarms on correct variants {raised}/{len(variants)}"
+        )
+        kinds: dict[str, list[bool]] = {}
+        for _, kind, named in bugs.values():
+            kinds.setdefault(kind, []).append(named is not None)
+        for kind, caught in kinds.items():
+            write(f"  {kind:<28} caught {sum(caught)}/{len(caught)}")
+    for mutant, (group, _, named) in sorted(board.items()):
+        write(f"  caught  {mutant:<34} {group:<9} {named or 'SURVIVED'}")
+    for variant, (group, named) in sorted(alarms.items()):
+        write(f"  passed  {variant:<34} {group:<9} {named or 'no false alarm'}")

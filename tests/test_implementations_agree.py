@@ -157,12 +157,8 @@ class _SpatialOnTokens(nn.Module):
         return cross_attention(feature_map, context, self.inner).flatten(2).transpose(1, 2)
 
 
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    "factory", list(SHIPPED.values()), ids=list(SHIPPED)
-)
+@pytest.mark.parametrize("factory", list(SHIPPED.values()), ids=list(SHIPPED))
 def test_shipped_attention_module_passes_every_invariant(
     factory: Callable[[int, int, int], nn.Module],
     dtype: torch.dtype,

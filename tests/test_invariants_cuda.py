@@ -56,12 +56,8 @@ PIN_ONE_QUERY = AttentionShapes(
 )
 
 
-
-
 @pytest.mark.parametrize("dtype", ALL)
-@pytest.mark.parametrize(
-    "factory", list(SHIPPED.values()), ids=list(SHIPPED)
-)
+@pytest.mark.parametrize("factory", list(SHIPPED.values()), ids=list(SHIPPED))
 def test_shipped_module_passes_every_invariant_on_cuda(
     factory: Callable[[int, int, int], nn.Module], dtype: torch.dtype
 ) -> None:

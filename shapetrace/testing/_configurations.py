@@ -96,15 +96,16 @@ class Configuration:
         """``shapes`` made buildable: a group norm needs two values a group (so two channels
         for one token), the spatial norm's 32 groups need 32 | query_dim."""
         s = shapes
+        if self.self_attention or self.added_kv:  # the image's tokens are keys too
+            s = self._narrowed(s)
+        tied = s.query_dim == s.heads * s.head_dim  # kept tied: some processors need it
         if (self.group_norm or self.added_kv) and s.query_tokens * s.query_dim < 2:
-            s = replace(s, query_dim=2)
+            s = replace(s, query_dim=2, head_dim=2) if tied else replace(s, query_dim=2)
         if self.spatial_norm:
             least = 64 if s.query_tokens == 1 else 32
             s = replace(s, query_dim=max(least, 32 * math.ceil(s.query_dim / 32)))
         if self.norm_cross == "group_norm" and s.context_tokens * s.context_dim < 2:
             s = replace(s, context_dim=2)
-        if self.self_attention or self.added_kv:  # the image's tokens are keys too
-            s = self._narrowed(s)
         return s
 
     @staticmethod
@@ -114,8 +115,10 @@ class Configuration:
         n = min(s.query_tokens, SELF_TOKENS)
         sizes = dict(vars(s), query_tokens=n, context_tokens=n + s.context_tokens)
         del sizes["seed"]
-        fitted = narrow(sizes, max_cost=DEFAULT_MAX_COST, floors={}, tied_query_dim=False)
-        return replace(s, **{k: fitted[k] for k in ("batch", "heads", "head_dim")}, query_tokens=n)
+        tied = s.query_dim == s.heads * s.head_dim
+        fitted = narrow(sizes, max_cost=DEFAULT_MAX_COST, floors={}, tied_query_dim=tied)
+        kept = ("batch", "heads", "head_dim", "query_dim")
+        return replace(s, **{k: fitted[k] for k in kept}, query_tokens=n)
 
     def kwargs(self, shapes: AttentionShapes) -> dict[str, Any]:
         """Keyword arguments of ``Attention`` for ``shapes``."""

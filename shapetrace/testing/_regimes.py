@@ -83,9 +83,10 @@ def narrow(
 ) -> dict[str, int]:
     """``sizes`` (the keyword fields of ``AttentionShapes``) thinned until one forward costs at
     most ``max_cost`` multiply-adds. In order, each step repeated while it helps: batch to one
-    row, context and query widths halved, heads halved down to two, head width halved, heads
-    down to one; never below the ``floors``. Token counts are kept, and several heads as long
-    as possible. When ``tied_query_dim`` the query width stays ``heads * head_dim``.
+    row, context and query widths halved, heads halved down to two, head width down to two
+    (one hides every scale bug), then heads and head width down to one; never below the
+    ``floors``. Token counts are kept, and several heads of several channels as long as
+    possible. When ``tied_query_dim`` the query width stays ``heads * head_dim``.
 
     >>> s = dict(batch=2, heads=8, head_dim=64, query_tokens=4096, context_tokens=77,
     ...          query_dim=512, context_dim=64)
@@ -99,8 +100,9 @@ def narrow(
         ("context_dim", floors.get("context_dim", 1)),
         ("query_dim", floors.get("query_dim", 1)),
         ("heads", max(2, floors.get("heads", 1))),
-        ("head_dim", floors.get("head_dim", 1)),
+        ("head_dim", max(2, floors.get("head_dim", 1))),  # d=1 hides every scale bug
         ("heads", floors.get("heads", 1)),
+        ("head_dim", floors.get("head_dim", 1)),
     )
 
     def cost() -> int:

@@ -62,7 +62,7 @@ _CI_BOUNDS: dict[str, int] = {
     "max_query_tokens": 4096,
     "max_context_tokens": 320,
     "max_context_dim": 64,
-    "max_cost": 2**20,
+    "max_cost": 2**22,
 }
 _SHAPE_BOUNDS: MappingProxyType[str, dict[str, int]] = MappingProxyType(
     {
@@ -75,7 +75,7 @@ _SHAPE_BOUNDS: MappingProxyType[str, dict[str, int]] = MappingProxyType(
             "max_query_tokens": 8192,
             "max_context_tokens": 1024,
             "max_context_dim": 160,
-            "max_cost": 2**24,
+            "max_cost": 2**25,
         },
     }
 )

@@ -54,9 +54,13 @@ tokens, and an odd count above 77 (e.g. N=203 when a tutorial assumed N <= 77)."
 
 _MAX_SEED = 2**16 - 1
 
-DEFAULT_MAX_COST = 2**20
-"""Multiply-adds one drawn forward may cost (about a million: a millisecond or two in float64
-on one CPU core); wider draws are narrowed to fit."""
+LONG_CONTEXT = 160
+"""Most context tokens drawn with a long query sequence (SD 2's 154 fits), so that narrowing
+keeps two channels a head."""
+
+DEFAULT_MAX_COST = 2**22
+"""Multiply-adds one drawn forward may cost (about four million: a few milliseconds in
+float64 on one CPU core); wider draws are narrowed to fit."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ def attention_shapes(
     - ``aligned``: token counts that are multiples of 8 or 64, head dims multiples of 8, two
       heads or more (where fused kernels and tiled loops take their fast paths);
     - ``clip``: contexts of 76, 77, 78, 154, 231 or 512 tokens (those in range);
-    - ``long``: more than 1024 query tokens (contexts up to 240), made cheap by narrow widths.
+    - ``long``: more than 1024 query tokens (contexts up to 160), made cheap by narrow widths.
 
     Every example is then narrowed to at most ``max_cost`` multiply-adds per forward (see
     :func:`~shapetrace.testing._regimes.narrow`: batch, head width, heads and widths shrink,
@@ -253,7 +257,7 @@ def attention_shapes(
             context_tokens = clip_tokens
         elif regime == "long":
             query_tokens = long_tokens
-            context_tokens = min(context_tokens, max(min_context_tokens, 240))
+            context_tokens = min(context_tokens, max(min_context_tokens, LONG_CONTEXT))
         if distinct_tokens and context_tokens == query_tokens:
             # Step to the nearest other count in range (keeps shrinking towards small sizes).
             step = 1 if context_tokens < max_context_tokens else -1
