@@ -66,6 +66,14 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def restore_profile() -> Iterator[None]:
+    """Put the session's shapetrace profile back after a test loads another."""
+    active = profiles.active_profile() or "ci"
+    yield
+    profiles.load_profile(active)
+
+
 @pytest.fixture(scope="session")
 def mutation_board(pytestconfig: pytest.Config) -> dict[str, tuple[str, str, str | None]]:
     return pytestconfig.stash[MUTATION_BOARD]

@@ -87,13 +87,14 @@ def _is_added_kv(processor: Any) -> bool:
 
 
 def processor_configurations(
-    processor_factory: Callable[[], Any], names: Iterable[str] | None
+    processor_factory: Callable[[], Any], names: Iterable[str] | None, dtype: torch.dtype
 ) -> tuple[Configuration, ...]:
     """The configurations to check ``processor_factory``'s processor on: those named, or by
     default the added-KV ones for diffusers' added-KV processors and the standard ones for
-    every other (when only secondary configurations are named, each gets every invariant that
-    applies to it, not only the agreement checks). Calls the factory once, to refuse one
-    that returns nothing up front."""
+    every other (in float64 without ``upcast``, which casts down to float32). When only
+    secondary configurations are named, each gets every invariant that applies to it, not
+    only the agreement checks. Calls the factory once, to refuse one that returns nothing
+    up front."""
     label = factory_label(processor_factory)
     check_factory(processor_factory, "processor_factory")
     try:
@@ -115,7 +116,9 @@ def processor_configurations(
             "callable: an attention processor is called as processor(attn, hidden_states, ...)"
         )
     if names is None:
-        return ADDED_KV if _is_added_kv(processor) else STANDARD
+        family = ADDED_KV if _is_added_kv(processor) else STANDARD
+        # upcasting is for low precision: diffusers casts float64 down to float32 for it
+        return tuple(c for c in family if not (c.upcast and dtype == torch.float64))
     wanted = [names] if isinstance(names, str) else list(names)
     known = {c.name: c for c in CONFIGURATIONS}
     unknown = [n for n in wanted if n not in known]

@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from hypothesis import Phase, find
 from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from torch import nn
@@ -36,7 +37,7 @@ from shapetrace.testing._processor_subject import ProcessorSubject
 from shapetrace.testing._runner import Plan, check_settings, run_plan
 from shapetrace.testing._subject import PLAIN_CROSS, AttentionSubject
 from shapetrace.testing._violation import CheckArgumentError
-from shapetrace.testing.properties import select_invariants
+from shapetrace.testing.properties import Invariant, select_invariants
 from shapetrace.testing.strategies import AttentionShapes, attention_shapes
 
 __all__ = ["DEFAULT_MAX_EXAMPLES", "PINNED", "check_attention_module", "check_attn_processor"]
@@ -60,6 +61,13 @@ head_dim, N, M, query_dim, context_dim, seed)."""
 _PROCESSOR_WIDTHS = (7, 6, 32, 48, 24)  # diffusers: query_dim != heads * dim_head
 
 
+def _smallest(strategy: st.SearchStrategy[AttentionShapes]) -> AttentionShapes:
+    """The simplest shapes ``strategy`` draws, to build the module once up front."""
+    quiet = Settings(database=None, max_examples=1, phases=(Phase.generate,), deadline=None)
+    found: AttentionShapes = find(strategy, lambda _: True, settings=quiet)
+    return found
+
+
 def _plan_settings(
     max_examples: int | None, derandomize: bool | None, parent: Settings | None
 ) -> tuple[Settings, Settings, bool]:
@@ -81,29 +89,37 @@ def _plan_settings(
     )
 
 
+def _selected(
+    invariants: Iterable[str] | None, configurations: tuple[Configuration, ...], *, with_mask: bool
+) -> tuple[Invariant, ...]:
+    """The invariants asked for, refused up front when none would run."""
+    selected = select_invariants(invariants, with_mask=with_mask)
+    if not any(inv.runs_on(c) for inv in selected for c in configurations):
+        names = ", ".join(inv.name for inv in selected)
+        raise CheckArgumentError(
+            f"invariants={[inv.name for inv in selected]!r}: {names} apply to none of the "
+            f"configurations {', '.join(c.name for c in configurations)}, so nothing would be "
+            "checked; add a configuration they apply to, or another invariant"
+        )
+    return selected
+
+
 def _run(
-    label: str,
+    factory: Any,
     build: Callable[[AttentionShapes, Configuration], AttentionSubject],
     configurations: tuple[Configuration, ...],
     *,
-    with_mask: bool,
-    invariants: Iterable[str] | None,
+    invariants: tuple[Invariant, ...],
     strategy: st.SearchStrategy[AttentionShapes],
     pinned: tuple[AttentionShapes, ...],
     max_examples: int | None,
     derandomize: bool | None,
     settings: Settings | None,
 ) -> None:
-    selected = select_invariants(invariants, with_mask=with_mask)
-    if not any(inv.runs_on(c) for inv in selected for c in configurations):
-        names = ", ".join(inv.name for inv in selected)
-        raise CheckArgumentError(
-            f"invariants {names} apply to none of the configurations "
-            f"{', '.join(c.name for c in configurations)}; nothing would be checked"
-        )
     primary, secondary, derandomized = _plan_settings(max_examples, derandomize, settings)
+    key = f"{getattr(factory, '__module__', '')}.{factory_label(factory)}"  # seeds per subject
     plan = Plan(
-        label, build, selected, configurations, strategy, pinned, primary, secondary, derandomized
+        key, build, invariants, configurations, strategy, pinned, primary, secondary, derandomized
     )
     run_plan(plan)
 
@@ -158,23 +174,22 @@ def check_attention_module(
     check_factory(factory, "factory")
     device, dtype = check_device(device), check_dtype(dtype)
     max_examples = check_max_examples(max_examples)
+    selected = _selected(invariants, (PLAIN_CROSS,), with_mask=False)
     pinned = PINNED if shapes is None else ()
-    ModuleSubject.build(
-        factory, PINNED[0], device=device, dtype=dtype, reinitialize=reinitialize
-    )  # the contract, up front
+    strategy = attention_shapes(**profiles.shape_bounds()) if shapes is None else shapes
+    first = pinned[0] if pinned else _smallest(strategy)
+    ModuleSubject.build(factory, first, device=device, dtype=dtype, reinitialize=reinitialize)
 
     def build(s: AttentionShapes, config: Configuration) -> AttentionSubject:
         return ModuleSubject.build(
             factory, s, device=device, dtype=dtype, reinitialize=reinitialize
         )
 
-    strategy = attention_shapes(**profiles.shape_bounds()) if shapes is None else shapes
     _run(
-        factory_label(factory),
+        factory,
         build,
         (PLAIN_CROSS,),
-        with_mask=False,
-        invariants=invariants,
+        invariants=selected,
         strategy=strategy,
         pinned=pinned,
         max_examples=max_examples,
@@ -221,7 +236,8 @@ def check_attn_processor(
     """
     device, dtype = check_device(device), check_dtype(dtype)
     max_examples = check_max_examples(max_examples)
-    chosen = processor_configurations(processor_factory, configurations)
+    chosen = processor_configurations(processor_factory, configurations, dtype)
+    selected = _selected(invariants, chosen, with_mask=True)
     pinned = tuple(replace(s, query_dim=w) for s, w in zip(PINNED, _PROCESSOR_WIDTHS))
     if shapes is not None:
         pinned = ()
@@ -241,11 +257,10 @@ def check_attn_processor(
         attention_shapes(**bounds, min_query_dim=1, max_query_dim=48) if shapes is None else shapes
     )
     _run(
-        factory_label(processor_factory),
+        processor_factory,
         build,
         chosen,
-        with_mask=True,
-        invariants=invariants,
+        invariants=selected,
         strategy=strategy,
         pinned=pinned,
         max_examples=max_examples,

@@ -94,17 +94,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+_LOADED = pytest.StashKey[str]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     name = config.getoption("--shapetrace-profile", default=None) or profiles.profile_from_env()
     if name:
         try:
-            profiles.load_profile(name)
+            config.stash[_LOADED] = profiles.load_profile(name)
         except ValueError as err:
             raise pytest.UsageError(f"{profiles.ENV_VAR}: {err}") from None
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    name = profiles.active_profile()
+    name = config.stash.get(_LOADED, None)
     if name is None:
         return None  # a guest says nothing unless it was asked to do something
     return f"shapetrace: Hypothesis profile {profiles.hypothesis_name(name)!r}"
