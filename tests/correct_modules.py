@@ -166,7 +166,7 @@ class FoldedHeadsBatchMajor(Plain):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         q3, k3, v3 = q.squeeze(1), k.squeeze(1), v.squeeze(1)  # (B*H, T, d)
-        empty = torch.empty(q3.shape[0], q3.shape[1], k3.shape[1], dtype=q3.dtype)
+        empty = torch.empty(q3.shape[0], q3.shape[1], k3.shape[1], dtype=q3.dtype, device=q3.device)
         scores = torch.baddbmm(empty, q3, k3.transpose(1, 2), beta=0, alpha=self.scale())
         return (scores.softmax(dim=-1) @ v3).unsqueeze(1)
 

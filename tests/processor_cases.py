@@ -131,6 +131,7 @@ class CorrectProcessor:
     configurations: tuple[str, ...] | None
     proven_on: tuple[str, ...]
     dim_head: int = 4
+    half_fails_upcast: bool = False  # diffusers' get_attention_scores: upcast + mask in half
 
 
 _NO_SPATIAL_NORM = tuple(n for n in STANDARD_NAMES if n != "spatial_norm")
@@ -140,7 +141,7 @@ PROCESSOR_CORRECT: dict[str, CorrectProcessor] = {
     "AttnProcessor2_0": CorrectProcessor(AttnProcessor2_0, None, STANDARD_NAMES),
     "hand_written": CorrectProcessor(HandProcessor, None, STANDARD_NAMES),
     "SlicedAttnProcessor_without_spatial_norm": CorrectProcessor(
-        lambda: SlicedAttnProcessor(3), _NO_SPATIAL_NORM, _EXACT
+        lambda: SlicedAttnProcessor(3), _NO_SPATIAL_NORM, _EXACT, half_fails_upcast=True
     ),
     "AttnAddedKVProcessor2_0_tied_width": CorrectProcessor(
         AttnAddedKVProcessor2_0, None, ADDED_KV_NAMES, dim_head=8

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import torch
 from cases import Planted
 from float64_oracle import compare_module, compare_processor
 from mutants import (
@@ -181,6 +182,29 @@ def test_diffusers_added_kv_processor_2_0_needs_inner_width_equal_to_query_width
     assert tied[0] <= RIGHT  # right where heads * dim_head == query_dim
     with pytest.raises(AssertionError, match=r"^output_shape: forward raised RuntimeError"):
         check_attn_processor(AttnAddedKVProcessor2_0)
+
+
+def test_diffusers_upcast_attention_fails_on_a_mask_in_half_precision() -> None:
+    from diffusers.models.attention_processor import (
+        Attention,
+        AttnProcessor,
+        AttnProcessor2_0,
+    )
+
+    x, context = torch.randn(1, 4, 8).half(), torch.randn(1, 3, 6).half()
+    mask = torch.zeros(1, 1, 3).half()
+    for processor, fails in ((AttnProcessor(), True), (AttnProcessor2_0(), False)):
+        layer = Attention(8, cross_attention_dim=6, heads=2, dim_head=4, upcast_attention=True,
+                          processor=processor).half()  # fmt: skip
+        if fails:  # get_attention_scores upcasts q and k but not the additive mask
+            with pytest.raises(RuntimeError, match=r"dtypes must be the same"):
+                layer(x, encoder_hidden_states=context, attention_mask=mask)
+        else:
+            assert torch.isfinite(
+                layer(x, encoder_hidden_states=context, attention_mask=mask)
+            ).all()
+    with pytest.raises(AssertionError, match=r"forward raised RuntimeError: .*dtypes must be"):
+        check_attn_processor(AttnProcessor, dtype=torch.float16, configurations=["upcast"])
 
 
 # -- the score -------------------------------------------------------------------------------

@@ -138,6 +138,7 @@ class Configuration:
             kw["spatial_norm_dim"] = TEMB_CHANNELS
         if self.norm_cross:
             kw["cross_attention_norm"] = self.norm_cross
+        if self.norm_cross == "group_norm":
             kw["cross_attention_norm_num_groups"] = _groups(s.context_dim, s.context_tokens)
         if self.residual:
             kw["residual_connection"] = True
