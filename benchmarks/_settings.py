@@ -39,6 +39,9 @@ class Settings:
     maps_time_steps: int = 10
     maps_time_pairs: int = 3
     prompt: str = "a cat sitting on a mat"
+    # 4. what a check costs: timed runs of each check after untimed ones (ci profile)
+    checker_reps: int = 3
+    checker_warmup: int = 1
     guidance: float = 7.5
     timeout_s: int = 900
     # memory workers: large blocks are mmapped and unmapped on free, so peak RSS follows live
@@ -68,5 +71,7 @@ QUICK = Settings(
     maps_memory_reps=1,
     maps_time_steps=2,
     maps_time_pairs=1,
+    checker_reps=1,
+    checker_warmup=0,
     timeout_s=300,
 )

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import _cpu, _machine, _maps, _meta
+from benchmarks import _checker, _cpu, _machine, _maps, _meta
 from benchmarks._runner import run_specs
 from benchmarks._settings import Settings
 from benchmarks._stats import median
@@ -49,7 +49,8 @@ def run_bench(
     meta_timing, meta_memory = _meta.specs(settings)
     cpu = _cpu.specs(settings)
     maps_memory, maps_timing = _maps.specs(settings)
-    tasks = meta_timing + meta_memory + cpu + maps_memory + maps_timing
+    checker = _checker.specs(settings)
+    tasks = meta_timing + meta_memory + cpu + maps_memory + maps_timing + checker
     results = run_specs(
         tasks,
         isolated=settings.isolated,
@@ -65,6 +66,7 @@ def run_bench(
         *_meta.rows(settings, of("meta_time")[0], of("meta_memory")),
         *_cpu.rows(settings, of("cpu_time")),
         *_maps.rows(settings, of("maps_memory"), of("maps_time")[0]),
+        *_checker.rows(settings, of("checker_time")),
     ]
     with_target = [r for r in rows if r["target"] is not None]
     return {

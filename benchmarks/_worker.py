@@ -20,9 +20,10 @@ __all__ = ["TASKS", "main", "run_task"]
 
 
 def _tasks() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-    from benchmarks import _cpu, _maps, _meta
+    from benchmarks import _checker, _cpu, _maps, _meta
 
     return {
+        "checker_time": _checker.time_task,
         "meta_time": _meta.time_task,
         "meta_memory": _meta.memory_task,
         "cpu_time": _cpu.time_task,
@@ -31,7 +32,7 @@ def _tasks() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
     }
 
 
-TASKS = ("meta_time", "meta_memory", "cpu_time", "maps_memory", "maps_time")
+TASKS = ("meta_time", "meta_memory", "cpu_time", "maps_memory", "maps_time", "checker_time")
 
 
 def run_task(spec: dict[str, Any]) -> dict[str, Any]:
