@@ -96,9 +96,10 @@ def test_drawn_shapes_alone_reach_each_planted_module_bug(mutant: type[nn.Module
     with pytest.raises(AssertionError, match=rf"^({'|'.join(planted.expected)}): ") as caught:
         check_attention_module(mutant, shapes=strategy, invariants=planted.expected)
     shapes = caught.value.shapes  # type: ignore[attr-defined]
-    if planted.kind in CLASSIC:  # found at any size, so shrunk to a small one
+    if planted.kind in CLASSIC:  # found at any size, so shrunk to a small one (the smallest
+        # aligned call, 8 tokens and two heads of 8, is as small as one past CHUNK=7 gets)
         sizes = (shapes.query_tokens, shapes.context_tokens, shapes.query_dim, shapes.context_dim)
-        assert shapes.batch <= 2 and shapes.heads <= 2 and max(sizes) <= 8, shapes.describe()
+        assert shapes.batch <= 2 and shapes.heads <= 2 and max(sizes) <= 16, shapes.describe()
 
 
 @pytest.mark.parametrize("name", list(CORRECT))
