@@ -96,7 +96,8 @@ def test_strategy_bounds_are_keyword_only() -> None:
 
 # -- regimes ---------------------------------------------------------------------------------
 REGIMES: dict[str, Callable[[AttentionShapes], bool]] = {
-    "one query over CLIP's 77 keys": lambda s: s.query_tokens == 1 and s.context_tokens == 77,
+    "a single query": lambda s: s.query_tokens == 1,
+    "CLIP's 77 keys": lambda s: s.context_tokens == 77,
     "a context one below 77": lambda s: s.context_tokens == 76,
     "a context one above 77": lambda s: s.context_tokens == 78,
     "SD 2's 154-token context": lambda s: s.context_tokens == 154,
@@ -115,10 +116,26 @@ REGIMES: dict[str, Callable[[AttentionShapes], bool]] = {
 }
 
 
+@pytest.fixture(scope="module")
+def drawn_under_ci() -> list[AttentionShapes]:
+    """600 calls drawn from the ci bounds, derandomized: what a check's examples look like."""
+    seen: list[AttentionShapes] = []
+
+    @settings(max_examples=600, derandomize=True, database=None)
+    @given(shapes=CI)
+    def collect(shapes: AttentionShapes) -> None:
+        seen.append(shapes)
+
+    collect()
+    return seen
+
+
 @pytest.mark.parametrize("regime", list(REGIMES))
-def test_the_ci_bounds_reach_every_regime_where_implementations_branch(regime: str) -> None:
-    found = find(CI, REGIMES[regime], settings=settings(max_examples=2000, database=None))
-    assert REGIMES[regime](found), found.describe()
+def test_the_ci_bounds_reach_every_regime_where_implementations_branch(
+    regime: str, drawn_under_ci: list[AttentionShapes]
+) -> None:
+    hits = [s for s in drawn_under_ci if REGIMES[regime](s)]
+    assert len(hits) >= 3, f"{regime}: {len(hits)} of {len(drawn_under_ci)} draws"
 
 
 def test_odd_sizes_like_77_context_tokens_are_drawn_and_shrink_to_the_nearest() -> None:

@@ -4,7 +4,8 @@ Each invariant gets its own Hypothesis run per layer configuration (shapes and a
 values from a seeded generator, the run's own seed), so a failure is shrunk to the smallest
 shapes that break *that* invariant. Shapes come from the active profile's bounds
 (:func:`~shapetrace.testing.profiles.shape_bounds`) and reach the regimes where
-implementations branch. The first invariant that fails (in
+implementations branch. Every invariant is first tried on the :data:`PINNED` (known-bad)
+shapes, then on drawn ones; the first that fails (in
 :data:`~shapetrace.testing.properties.INVARIANTS` order) is raised as an
 :class:`InvariantViolation`, an ``AssertionError`` whose message starts with the invariant's
 name and gives the shapes and Hypothesis' falsifying example. Arguments that cannot work are
