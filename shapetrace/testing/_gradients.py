@@ -3,7 +3,7 @@ with respect to its inputs and parameters, by name.
 
 Example::
 
-    >>> layer = nn.Linear(3, 2)
+    >>> layer = torch.nn.Linear(3, 2)
     >>> x = torch.randn(4, 3)
     >>> out, grads = with_gradients(lambda t: layer(t["x"]), {"x": x},
     ...                             dict(layer.named_parameters()), torch.ones(4, 2))

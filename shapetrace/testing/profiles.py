@@ -84,13 +84,22 @@ _active: str | None = None
 
 
 def hypothesis_name(name: str) -> str:
-    """The name Hypothesis knows profile ``name`` by: ``"ci"`` -> ``"shapetrace-ci"``."""
+    """The name Hypothesis knows profile ``name`` by.
+
+    >>> hypothesis_name("ci")
+    'shapetrace-ci'
+    """
     return f"{PREFIX}{name}"
 
 
 def register_profiles() -> None:
     """Register ``shapetrace-ci``, ``shapetrace-dev`` and ``shapetrace-nightly`` with
-    Hypothesis (safe to call again); no profile is loaded and no other name is touched."""
+    Hypothesis (safe to call again); no profile is loaded and no other name is touched.
+
+    >>> register_profiles()
+    >>> settings.get_profile("shapetrace-ci").derandomize  # doctest: +SKIP
+    True
+    """
     from hypothesis import HealthCheck, settings
 
     base = settings.get_profile("default")  # not the profile loaded now
@@ -148,7 +157,11 @@ def shape_bounds(profile: str | None = None) -> dict[str, Any]:
 
 def check_max_examples(profile: str | None = None) -> int:
     """Drawn examples per invariant in the checks under ``profile`` (default: the active
-    one, else ``ci``)."""
+    one, else ``ci``).
+
+    >>> check_max_examples("ci"), check_max_examples("nightly")
+    (10, 60)
+    """
     return _CHECK_EXAMPLES[_short(profile or _active or "ci")]
 
 

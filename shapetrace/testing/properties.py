@@ -11,7 +11,7 @@ first property it fails, so the name points at the cause (a module that scales b
 Example::
 
     >>> [inv.name for inv in INVARIANTS][:3]
-    ['output_shape', 'batch_independence', 'softmax_normalization']
+    ['output_shape', 'finite_output', 'batch_independence']
 """
 
 from __future__ import annotations
