@@ -33,6 +33,7 @@ from correct_modules import (
     QueryChunked,
     SequenceFirst,
     SoftmaxUpcast,
+    ToOutOnPaddedQueries,
     ToOutPerBatchRow,
     ToOutPerQueryChunk,
 )
@@ -192,6 +193,7 @@ CORRECT: dict[str, Callable[..., nn.Module]] = {
     "sequence_first": SequenceFirst,
     "key_chunked_online_softmax": KeyChunkedOnlineSoftmax,
     "padded_to_eight": PaddedToEight,
+    "to_out_on_padded_queries": ToOutOnPaddedQueries,
     "branches_on_shape": BranchesOnShape,
     "checkpointed_when_training": CheckpointedWhenTraining,
     "hand_written_softmax_backward": HandWrittenSoftmax,

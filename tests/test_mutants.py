@@ -226,6 +226,12 @@ def test_mutation_score_is_every_planted_bug_caught_and_no_false_alarm(
                 check_attn_processor, proc, configurations=planted.configurations
             )
             mutation_board[proc.__name__] = ("processor", planted.kind, _named(run))
+    for name, case in PROCESSOR_CORRECT.items():
+        if name not in false_alarms:
+            shapes = attention_shapes(**shape_bounds()) if case.dim_head == 8 else None
+            run = functools.partial(check_attn_processor, case.factory,
+                                    configurations=case.configurations, shapes=shapes)  # fmt: skip
+            false_alarms[name] = ("processor", _named(run))
     for name, factory in CORRECT.items():
         if name not in false_alarms:
             false_alarms[name] = (
@@ -235,5 +241,6 @@ def test_mutation_score_is_every_planted_bug_caught_and_no_false_alarm(
     survivors = [m for m, (_, _, named) in mutation_board.items() if named is None]
     alarms = {n: named for n, (_, named) in false_alarms.items() if named is not None}
     assert len(mutation_board) == len(MUTANTS) + len(PROCESSOR_MUTANTS)
+    assert len(false_alarms) == len(CORRECT) + len(PROCESSOR_CORRECT)
     assert not survivors, f"survivors: {survivors}"
     assert not alarms, f"false alarms: {alarms}"
