@@ -134,6 +134,8 @@ def test_a_module_without_the_projections_breaks_the_contract_up_front() -> None
         check_attention_module(lambda q, c, h: Plain(q, 3, h))
     with pytest.raises(ModuleContractError, match=r"returned NoneType, not an nn\.Module: the"):
         check_attention_module(lambda q, c, h: None)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ModuleContractError, match=r"raised TypeError: .*factory\(query_dim, "):
+        check_attention_module(lambda q, c: Plain(q, c, 1))  # type: ignore[arg-type,misc]
 
 
 # -- arguments refused up front --------------------------------------------------------------

@@ -130,10 +130,17 @@ class ModuleSubject(AttentionSubject):
     ) -> ModuleSubject:
         """Call ``factory(query_dim, context_dim, heads)`` (seeded) and check the contract."""
         label = factory_label(factory)
+        call = f"{label}({shapes.query_dim}, {shapes.context_dim}, {shapes.heads})"
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(shapes.seed)  # CPU only: cheap
-            module = factory(shapes.query_dim, shapes.context_dim, shapes.heads)
-        call = f"{label}({shapes.query_dim}, {shapes.context_dim}, {shapes.heads})"
+            try:
+                module = factory(shapes.query_dim, shapes.context_dim, shapes.heads)
+            except TypeError as err:
+                raise ModuleContractError(
+                    f"{call} raised TypeError: {err}; the factory is called as "
+                    "factory(query_dim, context_dim, heads), e.g. "
+                    "lambda q, c, h: MyAttention(q, c, heads=h)"
+                ) from err
         if not isinstance(module, nn.Module):
             raise ModuleContractError(
                 f"{call} returned {type(module).__name__}, not an nn.Module: the factory must "
