@@ -95,7 +95,7 @@ def test_drawn_shapes_alone_reach_each_planted_module_bug(mutant: type[nn.Module
     strategy = attention_shapes(**shape_bounds())  # no pinned shape: the strategy must get there
     with pytest.raises(AssertionError, match=rf"^({'|'.join(planted.expected)}): ") as caught:
         check_attention_module(
-            mutant, shapes=strategy, invariants=planted.expected, derandomize=True
+            mutant, shapes=strategy, invariants=planted.expected, derandomize=True, max_examples=25
         )
     shapes = caught.value.shapes  # type: ignore[attr-defined]
     if planted.kind in CLASSIC:  # found at any size, so shrunk to a small one (the smallest
@@ -146,6 +146,7 @@ def test_drawn_shapes_alone_reach_each_planted_processor_bug(processor: type) ->
             shapes=strategy,
             invariants=planted.expected,
             derandomize=True,
+            max_examples=25,
         )
 
 
