@@ -3,6 +3,7 @@
 1. The SD 1.5 journey on ``meta`` against ``torchinfo.summary`` (time, peak memory).
 2. A real CPU forward traced against untraced (tiny UNet, SD 1.5 at 256x256).
 3. Map capture memory over 1 against 50 denoising steps, and its time overhead.
+4. What ``check_attention_module`` and ``check_attn_processor`` cost, against their budgets.
 
 >>> doc = run_bench(QUICK)                                        # doctest: +SKIP
 >>> write_reports(doc, Path("reports"))                           # doctest: +SKIP

@@ -1,4 +1,4 @@
-"""Benchmark 4: a journey on ``meta`` against a plain ``meta`` forward of the same model, at
+"""Benchmark 5: a journey on ``meta`` against a plain ``meta`` forward of the same model, at
 its native size: the physical limit of a shape trace (a meta forward computes nothing; what is
 left is dispatching every op). SD 1.5, SDXL (140 attention layers) and Flux (57 joint layers).
 """
@@ -14,7 +14,7 @@ from benchmarks._stats import Series, Target, compare
 
 __all__ = ["rows", "specs", "time_task"]
 
-GROUP = "4. Journeys on meta against a plain meta forward"
+GROUP = "5. Journeys on meta against a plain meta forward"
 LIMIT = Target(1.10, "a journey costs at most 10% over the plain meta forward")
 
 

@@ -39,8 +39,11 @@ class Settings:
     maps_time_steps: int = 10
     maps_time_pairs: int = 3
     prompt: str = "a cat sitting on a mat"
+    # 4. what a check costs: timed runs of each check after untimed ones (ci profile)
+    checker_reps: int = 3
+    checker_warmup: int = 1
     guidance: float = 7.5
-    # 4. journeys on meta against a plain meta forward (native size)
+    # 5. journeys on meta against a plain meta forward (native size)
     meta_forward_models: tuple[str, ...] = ("sd15", "sdxl", "flux")
     meta_forward_pairs: int = 7
     timeout_s: int = 900
@@ -73,5 +76,7 @@ QUICK = Settings(
     maps_time_pairs=1,
     meta_forward_models=("sd15",),
     meta_forward_pairs=1,
+    checker_reps=1,
+    checker_warmup=0,
     timeout_s=300,
 )

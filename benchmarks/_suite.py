@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import _cpu, _machine, _maps, _meta, _meta_forward
+from benchmarks import _checker, _cpu, _machine, _maps, _meta, _meta_forward
 from benchmarks._runner import run_specs
 from benchmarks._settings import Settings
 from benchmarks._stats import median
@@ -50,7 +50,8 @@ def run_bench(
     cpu = _cpu.specs(settings)
     maps_memory, maps_timing = _maps.specs(settings)
     meta_forward = _meta_forward.specs(settings)
-    tasks = meta_timing + meta_memory + cpu + maps_memory + maps_timing + meta_forward
+    checker = _checker.specs(settings)
+    tasks = meta_timing + meta_memory + cpu + maps_memory + maps_timing + meta_forward + checker
     results = run_specs(
         tasks,
         isolated=settings.isolated,
@@ -67,6 +68,7 @@ def run_bench(
         *_cpu.rows(settings, of("cpu_time")),
         *_maps.rows(settings, of("maps_memory"), of("maps_time")[0]),
         *_meta_forward.rows(settings, of("meta_forward")),
+        *_checker.rows(settings, of("checker_time")),
     ]
     with_target = [r for r in rows if r["target"] is not None]
     return {

@@ -1,237 +1,175 @@
-"""Planted-bug and correct cross-attention modules, to measure what the checks catch.
+"""What the checks are measured on: planted bugs and correct variants, modules and processors.
 
-Every class is a factory ``(query_dim, context_dim, heads) -> nn.Module`` with seed 000's
-layout (``to_q``, ``to_k``, ``to_v``, ``to_out``, inner width = query_dim) and
-``forward(x, context)``. :class:`Plain` is the textbook version; each mutant overrides the
-one step it gets wrong. ``MUTANTS`` maps each to the invariant(s) whose violation is its
-honest diagnosis; ``CORRECT`` lists variants that compute the same function differently.
+Each planted bug has a *kind* (what sort of mistake), the invariant(s) whose violation is its
+honest diagnosis, and a *witness*: where it shows, so that test_mutants can prove it wrong by
+a direct float64 comparison with diffusers' reference processor before it counts. The correct
+variants compute the same function by other routes; several are built to bait false alarms.
+The classes live in planted_modules.py, correct_modules.py and planted_processors.py; the
+records in cases.py; the processors' registry in processor_cases.py (re-exported here).
 """
 
 from __future__ import annotations
 
-import einops
-import torch
-import torch.nn.functional as F
-from diffusers.models.attention_processor import AttnProcessor2_0
-from torch import Tensor, nn
+from collections.abc import Callable
+
+from cases import (
+    AUTOGRAD,
+    GENERIC,
+    LARGE,
+    SHAPES_VARY,
+    ModuleWitness,
+    Planted,
+    ProcessorWitness,
+)
+from correct_modules import (
+    BranchesOnShape,
+    CheckpointedWhenTraining,
+    EinopsRearrange,
+    Float64Inside,
+    FoldedHeadsBatchMajor,
+    HandWrittenSoftmax,
+    KeyChunkedOnlineSoftmax,
+    PaddedToEight,
+    QueryChunked,
+    SequenceFirst,
+    SoftmaxUpcast,
+    ToOutOnPaddedQueries,
+    ToOutPerBatchRow,
+    ToOutPerQueryChunk,
+)
+from planted_modules import (
+    AlignedFastPathMixesHeads,
+    AlignedHeadDimFusedScale,
+    BatchAndHeadsMixed,
+    CausalMaskInCrossAttention,
+    ClampedScores,
+    ContextIgnored,
+    ContextTokenDropped,
+    ContextTruncatedTo77,
+    ContextViewedAs77,
+    DetachedKeys,
+    GlobalMaxSubtraction,
+    HandWrittenSoftmaxBackward,
+    KeyChunkedSoftmaxWithoutRescale,
+    KeysAndValuesSwapped,
+    LongSequenceChunksForgetScale,
+    MergeWithoutTranspose,
+    NaiveLogSumExp,
+    NoScale,
+    OneHeadOnly,
+    PaddedToEightSlicedFromTheEnd,
+    Plain,
+    QueryBiasDropped,
+    QueryChunksReversed,
+    ResidualInsideAttention,
+    ScaleByHeadDim,
+    ScaleByInnerWidth,
+    SoftmaxOverHeads,
+    SoftmaxOverQueries,
+    SoftmaxWithoutMaxSubtraction,
+    SplitWithViewNoTranspose,
+    TrainingPathUnscaled,
+)
+from planted_processors import (
+    MaskIgnoringProcessor,
+    UnscaledProcessor,
+)
+from processor_cases import (
+    PROCESSOR_CORRECT,
+    PROCESSOR_MUTANTS,
+    PROCESSOR_WITNESSES,
+    CorrectProcessor,
+)
+from torch import nn
 
 from shapetrace.reference import CrossAttention
+from shapetrace.testing import AttentionShapes
 from shapetrace.testing.implementations import EinopsCrossAttention, SDPACrossAttention
 
-CHUNK = 7  # query chunk size of the chunked variants: odd, below N=77 and N=203
-
-
-class Plain(nn.Module):
-    """softmax(q k^T / sqrt(d)) v over (B, H, N, d) heads, split and merged by reshape."""
-
-    def __init__(self, query_dim: int, context_dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.head_dim = query_dim // heads
-        self.to_q = nn.Linear(query_dim, query_dim)
-        self.to_k = nn.Linear(context_dim, query_dim)
-        self.to_v = nn.Linear(context_dim, query_dim)
-        self.to_out = nn.Linear(query_dim, query_dim)
-
-    def split(self, t: Tensor) -> Tensor:
-        """(B, T, H*d) -> (B, H, T, d)."""
-        b, n, _ = t.shape
-        return t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
-
-    def merge(self, t: Tensor) -> Tensor:
-        """(B, H, N, d) -> (B, N, H*d)."""
-        b, h, n, d = t.shape
-        return t.transpose(1, 2).reshape(b, n, h * d)
-
-    def scale(self) -> float:
-        return self.head_dim**-0.5
-
-    def softmax(self, scores: Tensor) -> Tensor:
-        return scores.softmax(dim=-1)  # over the M keys
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """(B, H, N, d), (B, H, M, d), (B, H, M, d) -> (B, H, N, d)."""
-        return self.softmax(q @ k.transpose(-2, -1) * self.scale()) @ v
-
-    def context_in(self, context: Tensor) -> Tensor:
-        return context
-
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        context = self.context_in(context)
-        q = self.split(self.to_q(x))  # (B, H, N, d)
-        k = self.split(self.to_k(context))  # (B, H, M, d)
-        v = self.split(self.to_v(context))  # (B, H, M, d)
-        out: Tensor = self.to_out(self.merge(self.attend(q, k, v)))  # (B, N, query_dim)
-        return out
-
-
-# -- planted bugs ---------------------------------------------------------------------------
-class SoftmaxOverQueries(Plain):
-    def softmax(self, scores: Tensor) -> Tensor:
-        return scores.softmax(dim=-2)  # BUG: over the N queries
-
-
-class SoftmaxOverHeads(Plain):
-    def softmax(self, scores: Tensor) -> Tensor:
-        return scores.softmax(dim=1)  # BUG: over the H heads
-
-
-class NoScale(Plain):
-    def scale(self) -> float:
-        return 1.0  # BUG: raw dot products
-
-
-class ScaleByInnerWidth(Plain):
-    def scale(self) -> float:
-        return (self.heads * self.head_dim) ** -0.5  # BUG: 1/sqrt(inner), not 1/sqrt(d)
-
-
-class ScaleByHeadDim(Plain):
-    def scale(self) -> float:
-        return 1.0 / self.head_dim  # BUG: 1/d, not 1/sqrt(d)
-
-
-class SplitWithViewNoTranspose(Plain):
-    def split(self, t: Tensor) -> Tensor:
-        b, n, _ = t.shape
-        return t.view(b, self.heads, n, self.head_dim)  # BUG: no transpose, tokens mix with heads
-
-
-class MergeWithoutTranspose(Plain):
-    def merge(self, t: Tensor) -> Tensor:
-        b, h, n, d = t.shape
-        return t.reshape(b, n, h * d)  # BUG: (B, H, N, d) read as (B, N, H*d)
-
-
-class KeysAndValuesSwapped(Plain):
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return super().attend(q, v, k)  # BUG: scores against v, average of k
-
-
-class ContextIgnored(Plain):
-    def context_in(self, context: Tensor) -> Tensor:
-        return torch.zeros_like(context)  # BUG: the text never gets in
-
-
-class ContextTokenDropped(Plain):
-    def context_in(self, context: Tensor) -> Tensor:
-        return context[:, :-1]  # BUG: an off-by-one drops the last token
-
-
-class BatchAndHeadsMixed(Plain):
-    """Folds heads into the batch head-major on the split, unfolds batch-major on the merge."""
-
-    def split(self, t: Tensor) -> Tensor:
-        b, n, _ = t.shape
-        t = t.reshape(b, n, self.heads, self.head_dim).permute(2, 0, 1, 3)  # (H, B, T, d)
-        return t.reshape(self.heads * b, 1, n, self.head_dim)  # row h*B + b
-
-    def merge(self, t: Tensor) -> Tensor:
-        hb, _, n, d = t.shape
-        b = hb // self.heads
-        return t.reshape(b, self.heads, n, d).transpose(1, 2).reshape(b, n, self.heads * d)  # BUG
-
-
-class OneHeadOnly(Plain):
-    def split(self, t: Tensor) -> Tensor:
-        return t.unsqueeze(1)  # BUG: one head over the whole inner width
-
-    def merge(self, t: Tensor) -> Tensor:
-        return t.squeeze(1)
-
-
-class CausalMaskInCrossAttention(Plain):
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # BUG: text is no sequence
-
-
-class QueryChunksReversed(Plain):
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        parts = [Plain.attend(self, c, k, v) for c in q.split(CHUNK, dim=2)]
-        return torch.cat(parts[::-1], dim=2)  # BUG: chunks put back in reverse order
-
-
-class QueryBiasDropped(Plain):
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        q = self.split(F.linear(x, self.to_q.weight))  # BUG: to_q's bias forgotten
-        k, v = self.split(self.to_k(context)), self.split(self.to_v(context))
-        out: Tensor = self.to_out(self.merge(self.attend(q, k, v)))
-        return out
-
-
-class SoftmaxWithoutMaxSubtraction(Plain):
-    def softmax(self, scores: Tensor) -> Tensor:
-        e = scores.exp()  # BUG: overflows once scores pass ~88 (float32)
-        return e / e.sum(dim=-1, keepdim=True)
-
-
-class ResidualInsideAttention(Plain):
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        return super().forward(x, context) + x  # BUG: the block's residual added twice
-
-
-# -- planted bugs in diffusers processors (for check_attn_processor) ------------------------
-class UnscaledProcessor:
-    """A hand-written processor that forgets the 1/sqrt(head_dim)."""
-
-    def __call__(
-        self,
-        attn: nn.Module,
-        hidden_states: Tensor,
-        encoder_hidden_states: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        temb: Tensor | None = None,
-    ) -> Tensor:
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        b, heads = hidden_states.shape[0], attn.heads
-        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        q, k, v = (t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v))
-        mask = None if attention_mask is None else attention_mask.view(b, 1, 1, -1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-        out = out.transpose(1, 2).reshape(b, -1, heads * q.shape[-1])
-        return attn.to_out[1](attn.to_out[0](out))
-
-
-class MaskIgnoringProcessor(AttnProcessor2_0):
-    """diffusers' SDPA processor, dropping the attention mask on the floor."""
-
-    def __call__(
-        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None
-    ):  # type: ignore[no-untyped-def]
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask=None)
-
-
-# -- correct variants -----------------------------------------------------------------------
-class QueryChunked(Plain):
-    """Sliced attention (as diffusers' SlicedAttnProcessor): CHUNK queries at a time."""
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return torch.cat([Plain.attend(self, c, k, v) for c in q.split(CHUNK, dim=2)], dim=2)
-
-
-class Float64Inside(Plain):
-    """Everything after the projections in float64, cast back at the end."""
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return super().attend(q.double(), k.double(), v.double()).to(q.dtype)
-
-
-class SoftmaxUpcast(Plain):
-    """Softmax in at least float32 (diffusers' upcast_softmax): never a down-cast of float64."""
-
-    def softmax(self, scores: Tensor) -> Tensor:
-        wide = torch.promote_types(scores.dtype, torch.float32)
-        return scores.to(wide).softmax(dim=-1).to(scores.dtype)
-
-
-class EinopsRearrange(Plain):
-    """Heads split and merged with einops patterns."""
-
-    def split(self, t: Tensor) -> Tensor:
-        return einops.rearrange(t, "b t (h d) -> b h t d", h=self.heads)
-
-    def merge(self, t: Tensor) -> Tensor:
-        return einops.rearrange(t, "b h n d -> b n (h d)")
+__all__ = [
+    "CORRECT",
+    "GENERIC",
+    "MUTANTS",
+    "PROCESSOR_CORRECT",
+    "PROCESSOR_MUTANTS",
+    "PROCESSOR_WITNESSES",
+    "SHIPPED",
+    "CorrectProcessor",
+    "MaskIgnoringProcessor",
+    "ModuleWitness",
+    "NoScale",
+    "Plain",
+    "Planted",
+    "ProcessorWitness",
+    "SoftmaxOverQueries",
+    "UnscaledProcessor",
+]
+
+
+_M78 = ModuleWitness(AttentionShapes(1, 2, 4, 5, 78, 8, 6, seed=1))
+_ALIGNED = ModuleWitness(AttentionShapes(2, 4, 8, 64, 77, 32, 12, seed=1))
+_LONG = ModuleWitness(AttentionShapes(1, 1, 4, 1025, 7, 4, 6, seed=1))
+_GRAD = ModuleWitness(gradients=True)
+_LARGE = ModuleWitness(logit_factor=12.0)
+_N8 = ModuleWitness(AttentionShapes(2, 4, 4, 8, 7, 16, 12, seed=1))
+_M77 = ModuleWitness(AttentionShapes(2, 4, 4, 9, 77, 16, 12, seed=1))
+_PLAIN = ModuleWitness()
+_HUGE = ModuleWitness(logit_factor=40.0)  # float64 overflows only past ~709
+
+MUTANTS: dict[Callable[..., nn.Module], Planted] = {
+    SoftmaxOverQueries: Planted("softmax axis", ("softmax_normalization",)),
+    SoftmaxOverHeads: Planted("softmax axis", ("softmax_normalization",)),
+    NoScale: Planted("scale", ("scale",)),
+    ScaleByInnerWidth: Planted("scale", ("scale",)),
+    ScaleByHeadDim: Planted("scale", ("scale",)),
+    SplitWithViewNoTranspose: Planted("heads", ("head_independence",)),
+    MergeWithoutTranspose: Planted(
+        "heads", ("head_independence", "query_permutation_equivariance")
+    ),
+    OneHeadOnly: Planted("heads", ("head_independence",)),
+    KeysAndValuesSwapped: Planted("tokens", ("convex_combination",)),
+    ContextIgnored: Planted("tokens", ("convex_combination", "uniform_scores")),
+    ContextTokenDropped: Planted(
+        "tokens", ("softmax_normalization", "key_permutation_invariance", "uniform_scores")
+    ),
+    CausalMaskInCrossAttention: Planted(
+        "tokens", ("query_permutation_equivariance", "key_permutation_invariance")
+    ),
+    QueryChunksReversed: Planted("tokens", ("query_permutation_equivariance",)),
+    BatchAndHeadsMixed: Planted("batch", ("batch_independence",)),
+    QueryBiasDropped: Planted("weights", ("reference_agreement",)),
+    ResidualInsideAttention: Planted("weights", ("convex_combination", "reference_agreement")),
+    SoftmaxWithoutMaxSubtraction: Planted("numerics", ("finite_large_inputs",), _HUGE),
+    ContextTruncatedTo77: Planted(
+        SHAPES_VARY,
+        ("key_permutation_invariance", "uniform_scores", "reference_agreement"),
+        _M78,
+        hides=_PLAIN,
+    ),
+    ContextViewedAs77: Planted(SHAPES_VARY, ("output_shape",), hides=_M77),
+    AlignedFastPathMixesHeads: Planted(
+        SHAPES_VARY, ("head_independence", "query_permutation_equivariance"), _ALIGNED, hides=_PLAIN
+    ),
+    AlignedHeadDimFusedScale: Planted(SHAPES_VARY, ("scale",), _ALIGNED, hides=_PLAIN),
+    LongSequenceChunksForgetScale: Planted(
+        SHAPES_VARY, ("scale", "reference_agreement"), _LONG, hides=_PLAIN
+    ),
+    PaddedToEightSlicedFromTheEnd: Planted(
+        SHAPES_VARY, ("query_permutation_equivariance",), hides=_N8
+    ),
+    KeyChunkedSoftmaxWithoutRescale: Planted(
+        SHAPES_VARY, ("key_permutation_invariance", "reference_agreement"), _M78, hides=_PLAIN
+    ),
+    TrainingPathUnscaled: Planted(AUTOGRAD, ("gradient_agreement",), _GRAD, hides=_PLAIN),
+    DetachedKeys: Planted(AUTOGRAD, ("gradient_agreement",), _GRAD, hides=_PLAIN),
+    HandWrittenSoftmaxBackward: Planted(AUTOGRAD, ("gradient_agreement",), _GRAD, hides=_PLAIN),
+    ClampedScores: Planted(LARGE, ("large_logit_agreement",), _LARGE, hides=_PLAIN),
+    NaiveLogSumExp: Planted(
+        LARGE, ("large_logit_agreement", "finite_large_inputs"), _HUGE, hides=_PLAIN
+    ),
+    GlobalMaxSubtraction: Planted(LARGE, ("finite_large_inputs",), _HUGE, hides=_PLAIN),
+}
+"""Each planted module bug, its kind, honest diagnosis and witness."""
 
 
 def _sdpa(query_dim: int, context_dim: int, heads: int) -> nn.Module:
@@ -242,28 +180,7 @@ def _einops(query_dim: int, context_dim: int, heads: int) -> nn.Module:
     return EinopsCrossAttention(query_dim, context_dim, num_heads=heads)
 
 
-MUTANTS: dict[type[Plain], tuple[str, ...]] = {
-    SoftmaxOverQueries: ("softmax_normalization",),
-    SoftmaxOverHeads: ("softmax_normalization",),
-    NoScale: ("scale",),
-    ScaleByInnerWidth: ("scale",),
-    ScaleByHeadDim: ("scale",),
-    SplitWithViewNoTranspose: ("head_independence",),
-    MergeWithoutTranspose: ("head_independence", "query_permutation_equivariance"),
-    KeysAndValuesSwapped: ("convex_combination",),
-    ContextIgnored: ("convex_combination",),
-    ContextTokenDropped: ("softmax_normalization", "key_permutation_invariance", "uniform_scores"),
-    BatchAndHeadsMixed: ("batch_independence",),
-    OneHeadOnly: ("head_independence",),
-    CausalMaskInCrossAttention: ("query_permutation_equivariance", "key_permutation_invariance"),
-    QueryChunksReversed: ("query_permutation_equivariance",),
-    QueryBiasDropped: ("reference_agreement",),
-    SoftmaxWithoutMaxSubtraction: ("finite_large_inputs",),
-    ResidualInsideAttention: ("reference_agreement",),
-}
-"""Each planted bug and the invariant(s) that honestly describe it."""
-
-CORRECT = {
+CORRECT: dict[str, Callable[..., nn.Module]] = {
     "plain": Plain,
     "einops_rearrange": EinopsRearrange,
     "einops_module": _einops,
@@ -271,14 +188,18 @@ CORRECT = {
     "query_chunked": QueryChunked,
     "float64_inside": Float64Inside,
     "softmax_upcast": SoftmaxUpcast,
+    "to_out_per_query_chunk": ToOutPerQueryChunk,
+    "to_out_per_batch_row": ToOutPerBatchRow,
+    "sequence_first": SequenceFirst,
+    "key_chunked_online_softmax": KeyChunkedOnlineSoftmax,
+    "padded_to_eight": PaddedToEight,
+    "to_out_on_padded_queries": ToOutOnPaddedQueries,
+    "branches_on_shape": BranchesOnShape,
+    "checkpointed_when_training": CheckpointedWhenTraining,
+    "hand_written_softmax_backward": HandWrittenSoftmax,
+    "folded_heads_batch_major": FoldedHeadsBatchMajor,
 }
 """Variants that compute exactly cross-attention, by other routes."""
-
-PROCESSOR_MUTANTS: dict[type, tuple[str, ...]] = {
-    UnscaledProcessor: ("scale",),
-    MaskIgnoringProcessor: ("masking",),
-}
-"""Planted bugs in diffusers attention processors, for ``check_attn_processor``."""
 
 
 # -- the modules shapetrace ships, as check_attention_module factories -----------------------

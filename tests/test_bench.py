@@ -28,6 +28,8 @@ QUICK_IDS = {
     "meta_heap_peak", "cpu_tiny_wall", "cpu_tiny_cpu", "maps_rss_delta",
     "maps_rss_delta_uncaptured", "maps_rss_capture", "maps_time_wall", "maps_time_cpu",
     "meta_forward_sd15_wall", "meta_forward_sd15_cpu",
+    "checker_module_wall", "checker_module_cpu", "checker_processor_wall",
+    "checker_processor_cpu", "checker_added_kv_processor_wall", "checker_added_kv_processor_cpu",
 }
 
 

@@ -15,6 +15,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from hypothesis import example, given
 from mutants import (
     CORRECT,
+    PROCESSOR_CORRECT,
     SHIPPED,
     KeysAndValuesSwapped,
     NoScale,
@@ -22,9 +23,16 @@ from mutants import (
     SoftmaxWithoutMaxSubtraction,
     SplitWithViewNoTranspose,
 )
+from planted_modules import (
+    AlignedFastPathMixesHeads,
+    ClampedScores,
+    ContextTruncatedTo77,
+    HandWrittenSoftmaxBackward,
+)
 from torch import nn
 
 from shapetrace.testing import (
+    STANDARD_NAMES,
     AttentionShapes,
     assert_close,
     attention_shapes,
@@ -56,12 +64,8 @@ PIN_ONE_QUERY = AttentionShapes(
 )
 
 
-
-
 @pytest.mark.parametrize("dtype", ALL)
-@pytest.mark.parametrize(
-    "factory", list(SHIPPED.values()), ids=list(SHIPPED)
-)
+@pytest.mark.parametrize("factory", list(SHIPPED.values()), ids=list(SHIPPED))
 def test_shipped_module_passes_every_invariant_on_cuda(
     factory: Callable[[int, int, int], nn.Module], dtype: torch.dtype
 ) -> None:
@@ -73,7 +77,29 @@ def test_shipped_module_passes_every_invariant_on_cuda(
 def test_diffusers_processor_passes_every_invariant_on_cuda(
     processor: type, dtype: torch.dtype
 ) -> None:
-    check_attn_processor(processor, device=DEVICE, dtype=dtype)
+    configurations = None
+    if processor is AttnProcessor and dtype in LOW:  # its upcast + a mask fails in half
+        configurations = [n for n in STANDARD_NAMES if n != "upcast"]  # (test_mutants)
+    check_attn_processor(processor, device=DEVICE, dtype=dtype, configurations=configurations)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("name", sorted(PROCESSOR_CORRECT))
+def test_correct_processor_raises_no_false_alarm_in_low_precision(
+    name: str, dtype: torch.dtype
+) -> None:
+    case = PROCESSOR_CORRECT[name]
+    shapes = attention_shapes(**shape_bounds()) if case.dim_head == 8 else None  # tied width
+    configurations = case.configurations
+    if case.half_fails_upcast:  # a diffusers bug, shown in test_mutants
+        configurations = tuple(n for n in configurations or STANDARD_NAMES if n != "upcast")
+    check_attn_processor(
+        case.factory,
+        device=DEVICE,
+        dtype=dtype,
+        configurations=configurations,
+        shapes=shapes,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", LOW)
@@ -92,14 +118,19 @@ def test_correct_variant_raises_no_false_alarm_in_low_precision(
         (NoScale, "scale"),
         (SplitWithViewNoTranspose, "head_independence"),
         (KeysAndValuesSwapped, "convex_combination"),
-        (SoftmaxWithoutMaxSubtraction, "finite_large_inputs"),
+        # exp overflows at ordinary scores in float16: the weights stop summing to one
+        (SoftmaxWithoutMaxSubtraction, "finite_large_inputs|softmax_normalization"),
+        (ClampedScores, "large_logit_agreement"),
+        (HandWrittenSoftmaxBackward, "gradient_agreement"),
+        (ContextTruncatedTo77, "key_permutation_invariance"),
+        (AlignedFastPathMixesHeads, "head_independence"),
     ],
     ids=lambda v: getattr(v, "__name__", v),
 )
 def test_planted_bug_is_still_named_in_low_precision(
     mutant: type[nn.Module], invariant: str, dtype: torch.dtype
 ) -> None:
-    with pytest.raises(AssertionError, match=rf"^{invariant}: "):
+    with pytest.raises(AssertionError, match=rf"^({invariant}): "):
         check_attention_module(mutant, device=DEVICE, dtype=dtype)
 
 

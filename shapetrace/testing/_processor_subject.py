@@ -1,43 +1,185 @@
-"""A diffusers ``Attention`` layer running the processor under test, as a check subject."""
+"""A diffusers ``Attention`` layer running the processor under test, as a check subject.
+
+The invariants speak in tokens (B, N, C); the subject turns them into what the layer's
+configuration takes (a (B, C, H, W) map, no ``encoder_hidden_states`` for self-attention, a
+``temb`` for the spatial norm, an additive mask) and the output back into tokens. Its oracle
+is the same layer and weights on diffusers' reference processor.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from shapetrace.testing._subject import AttentionSubject, seed_projections
-from shapetrace.testing._weights import projection
-from shapetrace.testing.implementations import ReferenceOutput, build_diffusers_attention
-from shapetrace.testing.strategies import AttentionShapes
+from shapetrace.testing._configurations import TEMB_CHANNELS, Configuration
+from shapetrace.testing._gradients import Gradients, requiring_grad, with_gradients
+from shapetrace.testing._module_subject import factory_label
+from shapetrace.testing._subject import AttentionSubject, seed_parameters, violation
+from shapetrace.testing._violation import InvariantViolation, ModuleContractError, OracleError
+from shapetrace.testing.strategies import AttentionShapes, random_tensor
 
-__all__ = ["MASKED_SCORE", "ProcessorSubject"]
+__all__ = ["MASKED_SCORE", "ProcessorSubject", "grid"]
 
 MASKED_SCORE = -10000.0
 """What a masked key adds to its scores in diffusers' convention (the UNet turns a boolean
 ``encoder_attention_mask`` into ``(1 - mask) * -10000.0``)."""
 
 
+@contextlib.contextmanager
+def oracle_failures(subject: ProcessorSubject) -> Iterator[None]:
+    """Turn the oracle's own failure into an OracleError: never blamed on the subject."""
+    try:
+        yield
+    except (InvariantViolation, OracleError):
+        raise
+    except Exception as err:
+        raise OracleError(
+            f"the oracle (diffusers' reference processor in float64) failed on "
+            f"{subject.configuration.describe(subject.shapes)} with {subject.shapes.describe()}: "
+            f"{type(err).__name__}: {err}; leave this configuration out with configurations=..."
+        ) from err
+
+
+def grid(tokens: int) -> tuple[int, int]:
+    """(h, w) with h * w = tokens, h the largest divisor not above sqrt(tokens): 77 -> (7, 11)."""
+    h = max(d for d in range(1, int(tokens**0.5) + 1) if tokens % d == 0)
+    return h, tokens // h
+
+
 class ProcessorSubject(AttentionSubject):
-    """A diffusers ``Attention`` running the processor under test, masks in diffusers'
-    additive convention; the oracle is the same layer on diffusers' ``AttnProcessor``."""
+    """``Attention`` on one configuration, running the processor under test."""
 
-    supports_mask = True
-    oracle = "diffusers' AttnProcessor on the same layer and weights, in float64"
+    oracle = "diffusers' reference processor on the same layer and weights, in float64"
 
-    def _additive(self, mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-        if mask is None:
-            return None
-        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        return bias.masked_fill(~mask, MASKED_SCORE)[:, None, :]  # (B, 1, M)
-
-    def call(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
-        out: Tensor = self.module(
-            x, encoder_hidden_states=context, attention_mask=self._additive(mask, x.dtype)
+    def __init__(
+        self,
+        module: nn.Module,
+        shapes: AttentionShapes,
+        *,
+        device: str,
+        dtype: torch.dtype,
+        label: str,
+        configuration: Configuration,
+        qkv_bias: bool,
+    ) -> None:
+        super().__init__(
+            module, shapes, device=device, dtype=dtype, label=label, configuration=configuration
         )
-        return out
+        self.qkv_bias = qkv_bias
+        self._oracles: dict[torch.dtype, nn.Module] = {}
+        self.grid = grid(shapes.query_tokens)
+        self.dropped = self.dropped_arguments()
+
+    @property
+    def masks(self) -> bool:
+        return self.configuration.masks
+
+    def describe(self) -> str:
+        return (
+            f"{self.label} on {self.configuration.describe(self.shapes)} "
+            f"(device={self.device}, dtype={self.dtype})"
+        )
+
+    def call_text(self, x: Tensor) -> str:
+        c, s = self.configuration, self.shapes
+        b, n, ch = x.shape
+        hidden = (b, ch, *self.grid) if c.spatial_input else (b, n, ch)
+        parts = [f"hidden_states {hidden}"]
+        if not c.self_attention:
+            parts.append(f"encoder_hidden_states ({b}, {s.context_tokens}, {s.context_dim})")
+        if c.spatial_norm:
+            parts.append("temb")
+        return f"Attention({', '.join(parts)})"
+
+    def key_projections(self) -> tuple[str, ...]:
+        c = self.configuration
+        if c.added_kv:
+            return ("add_k_proj",) if c.only_cross else ("add_k_proj", "to_k")
+        return ("to_k",)
+
+    # -- running ---------------------------------------------------------------------------
+    def temb(self, dtype: torch.dtype, batch: int) -> Tensor:
+        """The spatial norm's seeded conditioning map at half the grid (it is upsampled), the
+        same for every batch row (so a row run alone gets its own)."""
+        h, w = self.grid
+        shape = (1, TEMB_CHANNELS, (h + 1) // 2, (w + 1) // 2)
+        one = random_tensor(shape, seed=self.shapes.seed + 31, dtype=dtype, device=self.device)
+        return one.expand(batch, -1, -1, -1).contiguous()
+
+    def _layer_args(
+        self, x: Tensor, context: Tensor, mask: Tensor | None, dtype: torch.dtype
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Tokens x (B, N, C) as the layer takes them, and its keyword arguments."""
+        c = self.configuration
+        hidden = x
+        if c.spatial_input:
+            b, _, ch = x.shape
+            hidden = x.transpose(1, 2).reshape(b, ch, *self.grid)  # (B, C, H, W)
+        kwargs: dict[str, Tensor] = {}
+        if not c.self_attention:
+            kwargs["encoder_hidden_states"] = context
+        if mask is not None:
+            bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+            kwargs["attention_mask"] = bias.masked_fill(~mask, MASKED_SCORE)[:, None, :]
+        if c.spatial_norm:
+            kwargs["temb"] = self.temb(dtype, x.shape[0])
+        return hidden, kwargs
+
+    def _tokens(self, output: Any, x: Tensor) -> Any:
+        """The layer's output as tokens (B, N, C); a wrong 4-D shape is an output_shape miss."""
+        if not (self.configuration.spatial_input and isinstance(output, Tensor)):
+            return output
+        b, n, ch = x.shape
+        expected = (b, ch, *self.grid)
+        if tuple(output.shape) != expected:
+            raise violation(
+                "output_shape",
+                self,
+                f"{self.call_text(x)} returned shape "
+                f"{tuple(output.shape)}, expected the input's {expected}",
+            )
+        return output.reshape(b, ch, n).transpose(1, 2)
+
+    def _forward(
+        self,
+        layer: nn.Module,
+        x: Tensor,
+        context: Tensor,
+        mask: Tensor | None,
+        temb: Tensor | None = None,
+    ) -> Any:
+        hidden, kwargs = self._layer_args(x, context, mask, x.dtype)
+        if temb is not None:
+            kwargs["temb"] = temb
+        if layer is self.module:
+            for name in self.dropped:  # Attention would drop them, with a warning each call
+                kwargs.pop(name, None)
+        return self._tokens(layer(hidden, **kwargs), x)
+
+    def call(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Any:
+        return self._forward(self.module, x, context, mask)
+
+    # -- the oracle ------------------------------------------------------------------------
+    def _oracle(self, dtype: torch.dtype) -> nn.Module:
+        """The same configuration on the reference processor, holding the subject's weights."""
+        if dtype not in self._oracles:
+            # upcasting is a precision measure, no change to the math: the float64 oracle
+            # runs without it (diffusers' upcast would cast it down to float32)
+            exact = replace(self.configuration, upcast=False)
+            layer = exact.build(self.shapes, None, qkv_bias=self.qkv_bias)
+            self._oracles[dtype] = layer.to(device=self.device, dtype=dtype)
+        oracle = self._oracles[dtype]
+        state = {
+            k: v for k, v in self.module.state_dict().items() if not k.startswith("processor.")
+        }
+        oracle.load_state_dict(state)
+        return oracle
 
     def reference(
         self,
@@ -46,30 +188,78 @@ class ProcessorSubject(AttentionSubject):
         mask: Tensor | None = None,
         *,
         dtype: torch.dtype = torch.float64,
-    ) -> ReferenceOutput:
-        """The same layer and weights on diffusers' ``AttnProcessor``, in ``dtype``."""
-        oracle = build_diffusers_attention(
-            self.shapes.query_dim,
-            self.shapes.context_dim,
-            heads=self.heads,
-            head_dim=self.head_dim,
-            qkv_bias=projection(self.module, "to_q").bias is not None,
-        ).to(device=self.device, dtype=dtype)
-        self.weights(dtype).load_into(oracle)
-        seen: list[Tensor] = []
-        handle = projection(oracle, "to_out").register_forward_pre_hook(
-            lambda _m, args: seen.append(args[0].detach())
+    ) -> Tensor:
+        """The output of the same layer and weights on diffusers' reference processor."""
+        with torch.no_grad(), oracle_failures(self):
+            out: Tensor = self._forward(self._oracle(dtype), x.to(dtype), context.to(dtype), mask)
+        return out
+
+    def _parameters(self, layer: nn.Module) -> dict[str, Tensor]:
+        return {n: p for n, p in layer.named_parameters() if not n.startswith("processor.")}
+
+    def _with_gradients(
+        self, layer: nn.Module, x: Tensor, context: Tensor, cotangent: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, Gradients]:
+        inputs = {"x": x}
+        if not self.configuration.self_attention:
+            inputs["context"] = context
+        if self.configuration.spatial_norm:
+            inputs["temb"] = self.temb(x.dtype, x.shape[0])
+        params = self._parameters(layer)
+
+        def forward(t: dict[str, Tensor]) -> Tensor:
+            out: Tensor = self._forward(
+                layer, t["x"], t.get("context", context), mask, t.get("temb")
+            )
+            return out
+
+        with requiring_grad(params):
+            return with_gradients(forward, inputs, dict(params), cotangent)
+
+    def gradients(
+        self, x: Tensor, context: Tensor, cotangent: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Gradients]:
+        """The output with autograd on and the gradients to the inputs and every parameter."""
+        return self._with_gradients(self.module, x, context, cotangent, mask)
+
+    def reference_gradients(
+        self,
+        x: Tensor,
+        context: Tensor,
+        cotangent: Tensor,
+        mask: Tensor | None = None,
+        *,
+        dtype: torch.dtype = torch.float64,
+    ) -> tuple[Tensor, Gradients]:
+        """The same from the oracle in ``dtype``."""
+        with oracle_failures(self):
+            oracle = self._oracle(dtype)
+            x, context, cotangent = x.to(dtype), context.to(dtype), cotangent.to(dtype)
+            return self._with_gradients(oracle, x, context, cotangent, mask)
+
+    def agreement_hint(self) -> str:
+        dropped = self.dropped
+        if not dropped:
+            return ""
+        return (
+            f"; the processor's __call__ takes no {', '.join(dropped)}, so Attention "
+            f"dropped it: configuration {self.configuration.name!r} needs it"
         )
+
+    def dropped_arguments(self) -> list[str]:
+        """Arguments this configuration passes that the processor's ``__call__`` does not take
+        (``Attention`` drops them with a warning)."""
+        passed = ["temb"] if self.configuration.spatial_norm else []
+        processor = getattr(self.module, "processor", None)
+        if not callable(processor):
+            return []
         try:
-            with torch.no_grad():
-                output = oracle(
-                    x.to(dtype),
-                    encoder_hidden_states=context.to(dtype),
-                    attention_mask=self._additive(mask, dtype),
-                )
-        finally:
-            handle.remove()
-        return ReferenceOutput(output=output, merged=seen[-1])
+            params = inspect.signature(processor).parameters
+        except (TypeError, ValueError):
+            return []
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return []
+        return [name for name in passed if name not in params]
 
     @classmethod
     def build(
@@ -80,21 +270,31 @@ class ProcessorSubject(AttentionSubject):
         device: str,
         dtype: torch.dtype,
         reinitialize: bool,
+        configuration: Configuration,
     ) -> ProcessorSubject:
-        """A seeded ``Attention(query_dim, cross_attention_dim, heads, dim_head)`` with the
-        processor set; q/k/v biases on odd seeds (SD has none, other models do)."""
-        label = getattr(processor_factory, "__qualname__", None) or type(processor_factory).__name__
+        """A seeded ``Attention`` of ``configuration`` for ``shapes`` with the processor set;
+        q/k/v biases on odd seeds (SD has none, other models do)."""
+        label = factory_label(processor_factory)
+        shapes = configuration.adapt(shapes)
+        qkv_bias = shapes.seed % 2 == 1
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(shapes.seed)
-            module = build_diffusers_attention(
-                shapes.query_dim,
-                shapes.context_dim,
-                heads=shapes.heads,
-                head_dim=shapes.head_dim,
-                processor=processor_factory(),
-                qkv_bias=shapes.seed % 2 == 1,
-            )
+            torch.default_generator.manual_seed(shapes.seed)  # CPU only: cheap
+            processor = processor_factory()
+            if processor is None:
+                raise ModuleContractError(
+                    f"processor_factory {label}() returned None: return a processor, e.g. "
+                    "lambda: MyProcessor() (diffusers would silently use its own default)"
+                )
+            module = configuration.build(shapes, processor, qkv_bias=qkv_bias)
         if reinitialize:
-            seed_projections(module, shapes.seed)
+            seed_parameters(module, shapes.seed)
         module.to(device=device, dtype=dtype).eval()
-        return cls(module, shapes, device=device, dtype=dtype, label=f"Attention with {label}()")
+        return cls(
+            module,
+            shapes,
+            device=device,
+            dtype=dtype,
+            label=f"{label}()",
+            configuration=configuration,
+            qkv_bias=qkv_bias,
+        )

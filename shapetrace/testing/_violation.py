@@ -1,16 +1,29 @@
-"""The one failure the checks raise: an AssertionError that leads with the invariant's name."""
+"""What the checks raise: :class:`InvariantViolation` (an ``AssertionError`` that leads with
+the invariant's name) when the code is wrong, and before anything runs a
+:class:`CheckArgumentError` or :class:`ModuleContractError` when it cannot be checked."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from shapetrace.errors import ModuleContractError
+from shapetrace.errors import ModuleContractError, ShapeTraceError
 
 if TYPE_CHECKING:
     from shapetrace.testing.strategies import AttentionShapes
 
-__all__ = ["InvariantViolation", "ModuleContractError"]
+__all__ = ["CheckArgumentError", "InvariantViolation", "ModuleContractError", "OracleError"]
+
+
+class CheckArgumentError(ShapeTraceError, ValueError):
+    """Raised up front when an argument of a check cannot work: an empty or unknown invariant
+    list, a dtype with no tolerance, a device with no values (``meta``) or none here, an
+    unknown processor configuration. The message names the argument, its value and the fix."""
+
+
+class OracleError(ShapeTraceError, RuntimeError):
+    """Raised when the oracle itself (diffusers' reference processor in float64) fails on a
+    layer configuration: a limit of the check, never blamed on the code under test."""
 
 
 class InvariantViolation(AssertionError):
@@ -63,4 +76,3 @@ class InvariantViolation(AssertionError):
             example=example,
         )
         return done
-

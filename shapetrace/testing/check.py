@@ -1,10 +1,15 @@
 """Run every attention invariant against a user's module or diffusers processor.
 
-Each invariant gets its own Hypothesis run (shapes and a seed drawn, values from a seeded
-generator), so a failure is shrunk to the smallest shapes that break *that* invariant. The
-first invariant that fails (in :data:`~shapetrace.testing.properties.INVARIANTS` order) is
-raised as an :class:`InvariantViolation`, an ``AssertionError`` whose message starts with the
-invariant's name and gives the shapes and Hypothesis' falsifying example.
+Each invariant gets its own Hypothesis run per layer configuration (shapes and a seed drawn,
+values from a seeded generator, the run's own seed), so a failure is shrunk to the smallest
+shapes that break *that* invariant. Shapes come from the active profile's bounds
+(:func:`~shapetrace.testing.profiles.shape_bounds`) and reach the regimes where
+implementations branch. Every invariant is first tried on the :data:`PINNED` (known-bad)
+shapes, then on drawn ones; the first that fails (in
+:data:`~shapetrace.testing.properties.INVARIANTS` order) is raised as an
+:class:`InvariantViolation`, an ``AssertionError`` whose message starts with the invariant's
+name and gives the shapes and Hypothesis' falsifying example. Arguments that cannot work are
+refused before anything runs (:class:`CheckArgumentError`, :class:`ModuleContractError`).
 """
 
 from __future__ import annotations
@@ -14,127 +19,110 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from hypothesis import HealthCheck, Phase, example, given
+from hypothesis import Phase, find
 from hypothesis import settings as Settings
 from hypothesis import strategies as st
 from torch import nn
 
+from shapetrace.testing import profiles
+from shapetrace.testing._arguments import (
+    check_device,
+    check_dtype,
+    check_factory,
+    check_max_examples,
+    processor_configurations,
+)
+from shapetrace.testing._configurations import Configuration
+from shapetrace.testing._module_subject import ModuleSubject, factory_label
 from shapetrace.testing._processor_subject import ProcessorSubject
-from shapetrace.testing._subject import AttentionSubject, ModuleSubject
-from shapetrace.testing._violation import InvariantViolation, ModuleContractError
+from shapetrace.testing._runner import Plan, check_settings, run_plan
+from shapetrace.testing._subject import PLAIN_CROSS, AttentionSubject
+from shapetrace.testing._violation import CheckArgumentError
 from shapetrace.testing.properties import Invariant, select_invariants
 from shapetrace.testing.strategies import AttentionShapes, attention_shapes
-from shapetrace.testing.tolerance import DEFAULT_ATOL
 
-__all__ = ["DEFAULT_MAX_EXAMPLES", "check_attention_module", "check_attn_processor"]
+__all__ = ["DEFAULT_MAX_EXAMPLES", "PINNED", "check_attention_module", "check_attn_processor"]
 
-DEFAULT_MAX_EXAMPLES = 10
-"""Drawn examples per invariant (after the pinned ones): about a second for a correct module
-on CPU."""
+DEFAULT_MAX_EXAMPLES = profiles.check_max_examples("ci")
+"""Drawn examples per invariant under the ``ci`` profile (after the pinned ones)."""
 
-# Known-bad shapes, tried (smallest first) before anything is drawn, as
-# (batch, heads, head_dim, N, M, query_dim, context_dim, seed): a single key with three of
-# everything else; one query over CLIP's 77 tokens with one head; 8 heads of 5 and N=203.
-_PINNED_MODULE = tuple(
+PINNED: tuple[AttentionShapes, ...] = tuple(
     AttentionShapes(*sizes)
     for sizes in (
-        (3, 3, 3, 3, 1, 9, 5, 2),
-        (1, 1, 8, 1, 77, 8, 12, 0),
-        (2, 8, 5, 203, 77, 40, 24, 1),
+        (3, 3, 3, 3, 1, 9, 5, 2),  # a single key, three of everything else
+        (1, 1, 8, 1, 77, 8, 12, 0),  # one query over CLIP's 77 tokens, one head
+        (2, 8, 5, 203, 77, 40, 24, 1),  # 8 heads of 5, N=203 > 77
+        (2, 8, 8, 64, 78, 64, 16, 3),  # aligned: N=64, head_dim 8, 8 heads, M=78 > 77
+        (1, 2, 4, 1025, 154, 8, 8, 4),  # long: N=1025 past a power of two, M=154
     )
 )
-_PINNED_PROCESSOR = tuple(  # diffusers: query_dim != heads * dim_head
-    replace(shapes, query_dim=width) for shapes, width in zip(_PINNED_MODULE, (7, 6, 32))
-)
+"""Known-bad shapes, tried in this order before anything is drawn, as (batch, heads,
+head_dim, N, M, query_dim, context_dim, seed)."""
+
+_PROCESSOR_WIDTHS = (7, 6, 32, 48, 24)  # diffusers: query_dim != heads * dim_head
 
 
-def _validate(device: str, dtype: torch.dtype, max_examples: int | None) -> None:
-    if dtype not in DEFAULT_ATOL:
-        raise ValueError(
-            f"dtype {dtype} is not checked; use one of {', '.join(map(str, DEFAULT_ATOL))}"
-        )
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch.cuda.is_available() is False")
-    if max_examples is not None and max_examples < 1:
-        raise ValueError(f"max_examples must be at least 1, got {max_examples}")
+def _smallest(strategy: st.SearchStrategy[AttentionShapes]) -> AttentionShapes:
+    """The simplest shapes ``strategy`` draws, to build the module once up front."""
+    quiet = Settings(database=None, max_examples=1, phases=(Phase.generate,), deadline=None)
+    found: AttentionShapes = find(strategy, lambda _: True, settings=quiet)
+    return found
 
 
-def _settings(max_examples: int | None, derandomize: bool, parent: Settings | None) -> Settings:
+def _plan_settings(
+    max_examples: int | None, derandomize: bool | None, parent: Settings | None
+) -> tuple[Settings, Settings, bool]:
+    """(settings on primary configurations, on the others, derandomize) from the arguments,
+    the parent settings and the active profile."""
     if max_examples is None:
-        max_examples = DEFAULT_MAX_EXAMPLES if parent is None else parent.max_examples
-    return Settings(
-        parent=parent,
-        max_examples=max_examples,
-        deadline=None,
-        derandomize=derandomize,
-        database=None,
-        report_multiple_bugs=False,
-        print_blob=False,
-        phases=tuple(p for p in Phase if p is not Phase.explain),  # explain: slow, noisy here
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        max_examples = profiles.check_max_examples() if parent is None else parent.max_examples
+    if derandomize is None:
+        derandomize = (
+            parent.derandomize
+            if parent is not None
+            else (profiles.active_profile() in (None, "ci"))
+        )
+    secondary = max(2, -(-max_examples // 3))
+    return (
+        check_settings(max_examples, derandomize, parent),
+        check_settings(min(max_examples, secondary), derandomize, parent),
+        derandomize,
     )
 
 
-def _falsifying_example(err: BaseException, shapes: AttentionShapes | None) -> str:
-    """Hypothesis' "Failing test case: ..." note, else the shapes."""
-    prefixes = ("Falsifying", "Failing")
-    notes = [n for n in getattr(err, "__notes__", []) if n.startswith(prefixes)]
-    if notes:
-        return "\n".join(n.split(": ", 1)[-1] for n in notes)
-    return f"shapes={shapes!r}"
+def _selected(
+    invariants: Iterable[str] | None, configurations: tuple[Configuration, ...], *, with_mask: bool
+) -> tuple[Invariant, ...]:
+    """The invariants asked for, refused up front when none would run."""
+    selected = select_invariants(invariants, with_mask=with_mask)
+    if not any(inv.runs_on(c) for inv in selected for c in configurations):
+        names = ", ".join(inv.name for inv in selected)
+        raise CheckArgumentError(
+            f"invariants={[inv.name for inv in selected]!r}: {names} apply to none of the "
+            f"configurations {', '.join(c.name for c in configurations)}, so nothing would be "
+            "checked; add a configuration they apply to, or another invariant"
+        )
+    return selected
 
 
-def _run_invariant(
-    invariant: Invariant,
-    build: Callable[[AttentionShapes], AttentionSubject],
-    strategy: st.SearchStrategy[AttentionShapes],
-    pinned: tuple[AttentionShapes, ...],
-    settings: Settings,
-) -> None:
-    """One Hypothesis run of one invariant; re-raise its failure with the name in front."""
-    checked: list[str] = []
-
-    def prop(shapes: AttentionShapes) -> None:
-        subject = build(shapes)
-        checked.append(subject.describe())
-        try:
-            invariant.check(subject)
-        except (InvariantViolation, ModuleContractError):
-            raise
-        except Exception as err:
-            raise InvariantViolation(
-                invariant.name, f"forward raised {type(err).__name__}: {err}", shapes=shapes
-            ) from err
-
-    prop.__name__ = prop.__qualname__ = f"check_{invariant.name}"
-    test = settings(given(shapes=strategy)(prop))
-    for shapes in reversed(pinned):  # decorators apply bottom-up: keep pinned order
-        test = example(shapes=shapes)(test)
-    try:
-        test()
-    except InvariantViolation as err:
-        raise err.completed(
-            statement=invariant.statement,
-            subject=checked[-1] if checked else "",
-            example=_falsifying_example(err, err.shapes),
-        ) from None
-
-
-def _check_all(
-    build: Callable[[AttentionShapes], AttentionSubject],
+def _run(
+    factory: Any,
+    build: Callable[[AttentionShapes, Configuration], AttentionSubject],
+    configurations: tuple[Configuration, ...],
+    *,
     invariants: tuple[Invariant, ...],
     strategy: st.SearchStrategy[AttentionShapes],
     pinned: tuple[AttentionShapes, ...],
-    settings: Settings,
+    max_examples: int | None,
+    derandomize: bool | None,
+    settings: Settings | None,
 ) -> None:
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)  # tiny CPU ops: threads only add contention
-        with torch.no_grad():
-            for invariant in invariants:
-                _run_invariant(invariant, build, strategy, pinned, settings)
-    finally:
-        torch.set_num_threads(threads)
+    primary, secondary, derandomized = _plan_settings(max_examples, derandomize, settings)
+    key = f"{getattr(factory, '__module__', '')}.{factory_label(factory)}"  # seeds per subject
+    plan = Plan(
+        key, build, invariants, configurations, strategy, pinned, primary, secondary, derandomized
+    )
+    run_plan(plan)
 
 
 def check_attention_module(
@@ -145,7 +133,7 @@ def check_attention_module(
     dtype: torch.dtype = torch.float32,
     invariants: Iterable[str] | None = None,
     shapes: st.SearchStrategy[AttentionShapes] | None = None,
-    derandomize: bool = True,
+    derandomize: bool | None = None,
     reinitialize: bool = True,
     settings: Settings | None = None,
 ) -> None:
@@ -153,19 +141,21 @@ def check_attention_module(
 
     ``factory(query_dim, context_dim, heads)`` builds the module: it has ``to_q``, ``to_k``,
     ``to_v`` and ``to_out`` (each an ``nn.Linear`` or a container whose first item is one)
-    and ``forward(x (B, N, query_dim), context (B, M, context_dim)) -> (B, N, query_dim)``.
-    Its head width is ``to_q.out_features // heads``.
+    and ``forward(x (B, N, query_dim), context (B, M, context_dim)) -> (B, N, query_dim)``,
+    passing the merged heads (B, N, inner) through ``to_out`` (whole, per chunk or per row).
+    Its head width is ``to_q.out_features // heads``. Only what forward returns is judged.
 
     Args:
-        max_examples: drawn examples per invariant, after 3 pinned shapes (default 10, or
-            ``settings.max_examples`` when ``settings`` is given).
+        max_examples: drawn examples per invariant, after the :data:`PINNED` shapes (default:
+            the active profile's, 10 under ``ci``; or ``settings.max_examples``).
         device, dtype: where and in what the module runs; references are float64 on
             ``device``. float16/bfloat16 get PyTorch's self-calibrating tolerance.
-        invariants: names to check (default all but ``masking``, which needs a mask argument);
-            see :data:`~shapetrace.testing.properties.INVARIANT_NAMES`.
+        invariants: names to check (default: all but ``masking``, which needs a mask
+            argument); see :data:`~shapetrace.testing.properties.INVARIANT_NAMES`.
         shapes: a strategy of :class:`AttentionShapes` replacing the default
-            ``attention_shapes()`` (and the pinned shapes).
-        derandomize: the same examples on every run (default), as CI wants.
+            ``attention_shapes(**shape_bounds())`` (and the pinned shapes).
+        derandomize: the same examples on every run (default: yes, unless the active
+            profile or ``settings`` draws at random). Each invariant has its own seed.
         reinitialize: overwrite the projections with seeded weights (std 1/sqrt(fan_in)) so
             each example is reproducible and scores are large enough to tell scales apart.
         settings: Hypothesis settings to start from.
@@ -173,24 +163,40 @@ def check_attention_module(
     Raises:
         InvariantViolation: (an ``AssertionError``) naming the first invariant that fails, the
             shapes and Hypothesis' falsifying example.
-        ModuleContractError: the module lacks the projections or has the wrong widths.
+        ModuleContractError: the module lacks the projections, has the wrong widths, or
+            ``to_out`` does not receive the merged heads ("to_out saw ...").
+        CheckArgumentError: an argument that cannot work (a ``meta`` device, no invariant).
 
     Example::
 
         >>> from shapetrace.testing.implementations import SDPACrossAttention
         >>> check_attention_module(SDPACrossAttention)  # passes: returns None
     """
-    _validate(device, dtype, max_examples)
-    selected = select_invariants(invariants, with_mask=False)
+    check_factory(factory, "factory")
+    device, dtype = check_device(device), check_dtype(dtype)
+    max_examples = check_max_examples(max_examples)
+    selected = _selected(invariants, (PLAIN_CROSS,), with_mask=False)
+    pinned = PINNED if shapes is None else ()
+    strategy = attention_shapes(**profiles.shape_bounds()) if shapes is None else shapes
+    first = pinned[0] if pinned else _smallest(strategy)
+    ModuleSubject.build(factory, first, device=device, dtype=dtype, reinitialize=reinitialize)
 
-    def build(s: AttentionShapes) -> AttentionSubject:
+    def build(s: AttentionShapes, config: Configuration) -> AttentionSubject:
         return ModuleSubject.build(
             factory, s, device=device, dtype=dtype, reinitialize=reinitialize
         )
 
-    strategy = attention_shapes() if shapes is None else shapes
-    pinned = _PINNED_MODULE if shapes is None else ()
-    _check_all(build, selected, strategy, pinned, _settings(max_examples, derandomize, settings))
+    _run(
+        factory,
+        build,
+        (PLAIN_CROSS,),
+        invariants=selected,
+        strategy=strategy,
+        pinned=pinned,
+        max_examples=max_examples,
+        derandomize=derandomize,
+        settings=settings,
+    )
 
 
 def check_attn_processor(
@@ -200,33 +206,65 @@ def check_attn_processor(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     invariants: Iterable[str] | None = None,
+    configurations: Iterable[str] | None = None,
     shapes: st.SearchStrategy[AttentionShapes] | None = None,
-    derandomize: bool = True,
+    derandomize: bool | None = None,
     reinitialize: bool = True,
     settings: Settings | None = None,
 ) -> None:
-    """Check a diffusers attention processor against every invariant, masks included.
+    """Check a diffusers attention processor on every ``Attention`` configuration.
 
-    ``processor_factory()`` returns a processor (a processor class works). It is set on a
-    diffusers ``Attention(query_dim, cross_attention_dim=context_dim, heads, dim_head)``;
-    the oracle is the same layer and weights on diffusers' own ``AttnProcessor`` in float64.
-    Masks follow diffusers' convention: additive (B, 1, M), -10000 on masked keys. The
-    default shapes draw ``query_dim`` freely, so ``heads * dim_head != query_dim`` is tested.
-    Arguments, return and errors are those of :func:`check_attention_module`.
+    ``processor_factory()`` returns a processor (a class taking no argument works). It is set
+    on a diffusers ``Attention`` built each way diffusers builds one (see
+    :data:`~shapetrace.testing.PROCESSOR_CONFIGURATIONS`): cross and self, (B, N, C) tokens and
+    (B, C, H, W) maps, group norm, spatial norm with ``temb``, ``norm_cross``, residual,
+    output rescale, key masks (diffusers' additive (B, 1, M), -10000 on masked keys), and
+    for diffusers' added-KV processors added key/value projections. The oracle is the same
+    layer and weights on diffusers' ``AttnProcessor`` (``AttnAddedKVProcessor``) in float64.
+    Plain cross- and self-attention get every invariant that applies; the other
+    configurations get the agreement checks (output, gradients, large logits). The default
+    shapes draw ``query_dim`` freely, so ``heads * dim_head != query_dim`` is tested.
+
+    Args:
+        configurations: names to check (default: every one the processor's kind supports);
+            a configuration named here gets every invariant that applies to it.
+        The others are those of :func:`check_attention_module`; ``masking`` is included.
 
     Example::
 
         >>> from diffusers.models.attention_processor import AttnProcessor2_0
         >>> check_attn_processor(AttnProcessor2_0)  # passes: returns None
     """
-    _validate(device, dtype, max_examples)
-    selected = select_invariants(invariants, with_mask=True)
+    device, dtype = check_device(device), check_dtype(dtype)
+    max_examples = check_max_examples(max_examples)
+    chosen = processor_configurations(processor_factory, configurations, dtype)
+    selected = _selected(invariants, chosen, with_mask=True)
+    pinned = tuple(replace(s, query_dim=w) for s, w in zip(PINNED, _PROCESSOR_WIDTHS))
+    if shapes is not None:
+        pinned = ()
 
-    def build(s: AttentionShapes) -> AttentionSubject:
+    def build(s: AttentionShapes, config: Configuration) -> AttentionSubject:
         return ProcessorSubject.build(
-            processor_factory, s, device=device, dtype=dtype, reinitialize=reinitialize
+            processor_factory,
+            s,
+            device=device,
+            dtype=dtype,
+            reinitialize=reinitialize,
+            configuration=config,
         )
 
-    strategy = attention_shapes(min_query_dim=1, max_query_dim=48) if shapes is None else shapes
-    pinned = _PINNED_PROCESSOR if shapes is None else ()
-    _check_all(build, selected, strategy, pinned, _settings(max_examples, derandomize, settings))
+    bounds = profiles.shape_bounds()
+    strategy = (
+        attention_shapes(**bounds, min_query_dim=1, max_query_dim=48) if shapes is None else shapes
+    )
+    _run(
+        processor_factory,
+        build,
+        chosen,
+        invariants=selected,
+        strategy=strategy,
+        pinned=pinned,
+        max_examples=max_examples,
+        derandomize=derandomize,
+        settings=settings,
+    )

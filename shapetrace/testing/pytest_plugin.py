@@ -1,29 +1,32 @@
-"""pytest plugin (entry point ``pytest11: shapetrace``): profiles, markers and fixtures.
+"""pytest plugin (entry point ``pytest11: shapetrace``): a guest in every test run.
 
-Installed with shapetrace, it gives any test suite, without a conftest:
+Installing shapetrace loads this plugin into every pytest run of every project in the
+environment, so it changes nothing unless asked. Importing it loads neither torch nor
+Hypothesis; it registers no marker and no Hypothesis profile of its own accord. It offers:
 
-- ``--shapetrace-profile {ci,dev,nightly}`` (or ``SHAPETRACE_HYPOTHESIS_PROFILE``) to load
-  one of shapetrace's Hypothesis profiles; nothing is loaded when neither is given;
-- the ``cuda`` marker: marked tests are skipped, with the reason, when
-  ``torch.cuda.is_available()`` is False;
+- ``--shapetrace-profile {ci,dev,nightly}`` (or ``SHAPETRACE_HYPOTHESIS_PROFILE``): register
+  and load the namespaced profile ``shapetrace-<name>``; nothing is loaded otherwise;
+- ``shapetrace_cuda_markers`` (ini, off by default): marker names whose tests are skipped,
+  with the reason, when ``torch.cuda.is_available()`` is False (e.g. ``cuda``), for projects
+  that want that; :func:`skip_marked_without_cuda` does the same from a conftest;
 - fixtures ``check_attention`` and ``check_processor`` (the checks, with as many examples as
-  the profile asks for), ``attention_device`` (each available device: "cpu", and "cuda" when
-  there is one), ``attention_devices`` and ``shapetrace_profile``.
+  the profile asks for), ``attention_device`` (each device in turn: "cpu", and "cuda",
+  skipped with the reason where there is none), ``attention_devices`` and
+  ``shapetrace_profile``. A project's own fixture of the same name takes precedence.
 
 Example test file::
 
     def test_my_attention_keeps_every_invariant(check_attention):
         check_attention(MyCrossAttention)
 
-    @pytest.mark.cuda
-    def test_my_attention_in_half_precision(check_attention):
-        check_attention(MyCrossAttention, device="cuda", dtype=torch.float16)
+    def test_my_attention_on_every_device(check_attention, attention_device):
+        check_attention(MyCrossAttention, device=attention_device)
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -36,11 +39,10 @@ __all__ = [
     "check_attention",
     "check_processor",
     "shapetrace_profile",
+    "skip_marked_without_cuda",
 ]
 
-CUDA_MARKER = (
-    "cuda: needs a CUDA device; skipped, with the reason, when torch.cuda.is_available() is False"
-)
+_CUDA_INI = "shapetrace_cuda_markers"
 
 
 def _cuda_available() -> bool:
@@ -49,46 +51,72 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _no_cuda_reason() -> str:
+    import torch
+
+    return f"needs a CUDA device: torch.cuda.is_available() is False (torch {torch.__version__})"
+
+
+def skip_marked_without_cuda(items: Iterable[pytest.Item], markers: Iterable[str]) -> int:
+    """Skip, with the reason, the ``items`` carrying any of ``markers`` when there is no CUDA
+    device; how many were skipped. torch is imported only when some item is marked.
+
+    For a conftest::
+
+        def pytest_collection_modifyitems(items):
+            skip_marked_without_cuda(items, ["cuda"])
+    """
+    names = list(markers)
+    marked = [i for i in items if any(i.get_closest_marker(n) is not None for n in names)]
+    if not marked or _cuda_available():
+        return 0
+    skip = pytest.mark.skip(reason=_no_cuda_reason())
+    for item in marked:
+        item.add_marker(skip)
+    return len(marked)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("shapetrace", "shapetrace attention invariants")
+    group = parser.getgroup("shapetrace", "shapetrace attention checks")
     group.addoption(
         "--shapetrace-profile",
         action="store",
         default=None,
         choices=sorted(profiles.PROFILES),
-        help=f"load this Hypothesis profile (default: ${profiles.ENV_VAR}, else none)",
+        help=f"load the Hypothesis profile shapetrace-NAME (default: ${profiles.ENV_VAR}, "
+        "else none)",
+    )
+    parser.addini(
+        _CUDA_INI,
+        type="linelist",
+        default=[],
+        help="markers whose tests shapetrace skips when CUDA is unavailable (default: none)",
     )
 
 
+_LOADED = pytest.StashKey[str]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", CUDA_MARKER)
-    profiles.register_profiles()
     name = config.getoption("--shapetrace-profile", default=None) or profiles.profile_from_env()
     if name:
         try:
-            profiles.load_profile(name)
+            config.stash[_LOADED] = profiles.load_profile(name)
         except ValueError as err:
             raise pytest.UsageError(f"{profiles.ENV_VAR}: {err}") from None
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    name = profiles.active_profile()
-    loaded = f"Hypothesis profile {name!r}" if name else "no Hypothesis profile loaded"
-    return f"shapetrace: {loaded}"
+def pytest_report_header(config: pytest.Config) -> str | None:
+    name = config.stash.get(_LOADED, None)
+    if name is None:
+        return None  # a guest says nothing unless it was asked to do something
+    return f"shapetrace: Hypothesis profile {profiles.hypothesis_name(name)!r}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    marked = [item for item in items if item.get_closest_marker("cuda") is not None]
-    if not marked or _cuda_available():
-        return
-    import torch
-
-    skip = pytest.mark.skip(
-        reason="needs a CUDA device: torch.cuda.is_available() is False "
-        f"(torch {torch.__version__})"
-    )
-    for item in marked:
-        item.add_marker(skip)
+    markers = config.getini(_CUDA_INI)
+    if markers:
+        skip_marked_without_cuda(items, markers)
 
 
 @pytest.fixture(scope="session")
@@ -103,10 +131,12 @@ def attention_devices() -> list[str]:
     return ["cpu", "cuda"] if _cuda_available() else ["cpu"]
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.fixture(params=["cpu", "cuda"])
 def attention_device(request: pytest.FixtureRequest) -> str:
     """Each device in turn; the "cuda" case is skipped (with the reason) without a GPU."""
     device: str = request.param
+    if device == "cuda" and not _cuda_available():
+        pytest.skip(_no_cuda_reason())
     return device
 
 

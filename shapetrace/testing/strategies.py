@@ -19,13 +19,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from hypothesis import strategies as st
 
 from shapetrace.errors import InputShapeError
+from shapetrace.testing._regimes import (
+    CLIP_TOKENS,
+    HEAD_COUNTS,
+    HEAD_DIMS,
+    LONG_TOKENS,
+    TOKEN_SIZES,
+    fitting,
+    narrow,
+)
+from shapetrace.testing._values import random_key_mask, random_qkv, random_tensor
 
 __all__ = [
+    "DEFAULT_MAX_COST",
+    "HEAD_COUNTS",
+    "HEAD_DIMS",
     "ODD_SIZES",
+    "TOKEN_SIZES",
     "AttentionShapes",
     "attention_shapes",
     "random_key_mask",
@@ -40,6 +53,14 @@ ODD_SIZES: tuple[int, ...] = (1, 3, 77, 203)
 tokens, and an odd count above 77 (e.g. N=203 when a tutorial assumed N <= 77)."""
 
 _MAX_SEED = 2**16 - 1
+
+LONG_CONTEXT = 160
+"""Most context tokens drawn with a long query sequence (SD 2's 154 fits), so that narrowing
+keeps two channels a head."""
+
+DEFAULT_MAX_COST = 2**22
+"""Multiply-adds one drawn forward may cost (about four million: a few milliseconds in
+float64 on one CPU core); wider draws are narrowed to fit."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,8 @@ def sizes(
 ) -> st.SearchStrategy[int]:
     """Sizes in ``[min_size, max_size]``, drawing the ``odd_sizes`` that fit more often.
 
-    Defaults: ``min_size=1``, ``max_size=80``, ``odd_sizes=ODD_SIZES`` (1, 3, 77, 203).
+    Defaults: ``min_size=1``, ``max_size=80``, ``odd_sizes=ODD_SIZES`` (1, 3, 77, 203);
+    pass ``odd_sizes=TOKEN_SIZES`` for every size where implementations branch.
     Shrinks towards ``min_size``.
 
     >>> from hypothesis import find
@@ -109,10 +131,10 @@ def sizes(
     """
     _check_bounds("size", min_size, max_size)
     plain = st.integers(min_size, max_size)
-    fitting = sorted({s for s in odd_sizes if min_size <= s <= max_size})
-    if not fitting:
+    special = fitting(tuple(odd_sizes), min_size, max_size)
+    if not special:
         return plain
-    return st.one_of(plain, st.sampled_from(fitting))
+    return st.one_of(plain, st.sampled_from(special))
 
 
 def seeds() -> st.SearchStrategy[int]:
@@ -125,33 +147,46 @@ def attention_shapes(
     min_batch: int = 1,
     max_batch: int = 3,
     min_heads: int = 1,
-    max_heads: int = 4,
+    max_heads: int = 8,
     min_head_dim: int = 1,
-    max_head_dim: int = 16,
+    max_head_dim: int = 80,
     min_query_tokens: int = 1,
-    max_query_tokens: int = 80,
+    max_query_tokens: int = 4096,
     min_context_tokens: int = 1,
-    max_context_tokens: int = 80,
+    max_context_tokens: int = 320,
     min_context_dim: int = 1,
     max_context_dim: int = 64,
     min_query_dim: int | None = None,
     max_query_dim: int | None = None,
     distinct_tokens: bool = True,
+    max_cost: int = DEFAULT_MAX_COST,
 ) -> st.SearchStrategy[AttentionShapes]:
     """Shapes of a cross-attention call, with a seed for the values.
 
-    Defaults: batch 1-3, heads 1-4, head_dim 1-16, query and context tokens 1-80 (odd sizes
-    1, 3, 77 drawn more often), context_dim 1-64. ``query_dim`` is tied to
-    ``heads * head_dim`` (seed 000's ``CrossAttention``, whose inner width is its query width)
-    unless ``min_query_dim``/``max_query_dim`` are given, when it is drawn freely in that range
-    (diffusers' ``Attention``, whose ``heads * dim_head`` need not equal ``query_dim``).
+    Defaults (the ``ci`` profile's bounds): batch 1-3, heads 1-8, head_dim 1-80, query tokens
+    1-4096, context tokens 1-320, context_dim 1-64. Each example first picks a *regime*, where
+    real implementations take different paths:
+
+    - ``any``: sizes drawn freely (up to 1024 tokens), :data:`TOKEN_SIZES`,
+      :data:`HEAD_DIMS` and :data:`HEAD_COUNTS` drawn often;
+    - ``aligned``: token counts that are multiples of 8 or 64, head dims multiples of 8, two
+      heads or more (where fused kernels and tiled loops take their fast paths);
+    - ``clip``: contexts of 76, 77, 78, 154, 231 or 512 tokens (those in range);
+    - ``long``: more than 1024 query tokens (contexts up to 160), made cheap by narrow widths.
+
+    Every example is then narrowed to at most ``max_cost`` multiply-adds per forward (see
+    :func:`~shapetrace.testing._regimes.narrow`: batch, head width, heads and widths shrink,
+    token counts never). ``query_dim`` is tied to ``heads * head_dim`` (the common
+    tutorial module, whose inner width is its query width) unless ``min_query_dim`` or
+    ``max_query_dim`` is given, when it is drawn freely in that range (diffusers'
+    ``Attention``, whose ``heads * dim_head`` need not equal ``query_dim``).
     ``distinct_tokens=True`` (default) keeps ``query_tokens != context_tokens``, so an axis
-    mix-up between N and M cannot hide.
+    mix-up between N and M cannot hide. Shrinking goes towards the ``any`` regime and the
+    smallest sizes.
 
     >>> from hypothesis import find
     >>> find(attention_shapes(), lambda s: s.heads > 1).describe()  # the smallest such shapes
     'B=1, N=1, M=2, query_dim=2, context_dim=1, heads=2, head_dim=1, seed=0'
-
     """
     _check_bounds("batch", min_batch, max_batch)
     _check_bounds("heads", min_heads, max_heads)
@@ -159,11 +194,16 @@ def attention_shapes(
     _check_bounds("query_tokens", min_query_tokens, max_query_tokens)
     _check_bounds("context_tokens", min_context_tokens, max_context_tokens)
     _check_bounds("context_dim", min_context_dim, max_context_dim)
+    if not isinstance(max_cost, int) or isinstance(max_cost, bool) or max_cost < 1:
+        raise InputShapeError(
+            f"max_cost={max_cost!r} must be a positive int (multiply-adds of one forward)"
+        )
     free_query_dim = min_query_dim is not None or max_query_dim is not None
+    low_qd = high_qd = 0
     if free_query_dim:
-        low = 1 if min_query_dim is None else min_query_dim
-        high = max(low, 64) if max_query_dim is None else max_query_dim
-        _check_bounds("query_dim", low, high)
+        low_qd = 1 if min_query_dim is None else min_query_dim
+        high_qd = max(low_qd, 64) if max_query_dim is None else max_query_dim
+        _check_bounds("query_dim", low_qd, high_qd)
     if distinct_tokens and (
         min_query_tokens == max_query_tokens == min_context_tokens == max_context_tokens
     ):
@@ -171,13 +211,53 @@ def attention_shapes(
             f"query and context tokens are both fixed at {min_query_tokens}, so they cannot "
             "differ; widen one range or pass distinct_tokens=False"
         )
+    any_query_max = max(min_query_tokens, min(max_query_tokens, LONG_TOKENS))
+    regimes = ["any", "aligned"]
+    clip = fitting(CLIP_TOKENS, min_context_tokens, max_context_tokens)
+    if clip:
+        regimes.append("clip")
+    long_low = max(min_query_tokens, LONG_TOKENS + 1)
+    if max_query_tokens >= long_low:
+        regimes.append("long")
+    strategies = (
+        sizes(min_size=min_heads, max_size=max_heads, odd_sizes=HEAD_COUNTS),
+        sizes(min_size=min_head_dim, max_size=max_head_dim, odd_sizes=HEAD_DIMS),
+        sizes(min_size=min_query_tokens, max_size=any_query_max, odd_sizes=TOKEN_SIZES),
+        sizes(min_size=min_context_tokens, max_size=max_context_tokens, odd_sizes=TOKEN_SIZES),
+        st.sampled_from((8, 64)),  # the alignment of the aligned regime
+        st.sampled_from(clip or [min_context_tokens]),
+        sizes(
+            min_size=min(long_low, max_query_tokens),
+            max_size=max_query_tokens,
+            odd_sizes=TOKEN_SIZES,
+        ),
+    )
+    floors = {
+        "batch": min_batch,
+        "heads": min_heads,
+        "head_dim": min_head_dim,
+        "context_dim": min_context_dim,
+        "query_dim": low_qd or 1,
+    }
 
     @st.composite
     def draw(data: st.DrawFn) -> AttentionShapes:
-        heads = data(st.integers(min_heads, max_heads))
-        head_dim = data(st.integers(min_head_dim, max_head_dim))
-        query_tokens = data(sizes(min_size=min_query_tokens, max_size=max_query_tokens))
-        context_tokens = data(sizes(min_size=min_context_tokens, max_size=max_context_tokens))
+        # Every regime draws the same choices and uses some of them, and the regime comes
+        # last: shrinking first makes the sizes small, then tries the plain regime ("any").
+        heads, head_dim, query_tokens, context_tokens, align, clip_tokens, long_tokens = (
+            data(strategy) for strategy in strategies
+        )
+        regime = data(st.sampled_from(regimes))
+        if regime == "aligned":
+            heads = _aligned(heads, 1, max(2, min_heads), max_heads)
+            head_dim = _aligned(head_dim, 8, min_head_dim, max_head_dim)
+            query_tokens = _aligned(query_tokens, align, min_query_tokens, any_query_max)
+            context_tokens = _aligned(context_tokens, align, min_context_tokens, max_context_tokens)
+        elif regime == "clip":
+            context_tokens = clip_tokens
+        elif regime == "long":
+            query_tokens = long_tokens
+            context_tokens = min(context_tokens, max(min_context_tokens, LONG_CONTEXT))
         if distinct_tokens and context_tokens == query_tokens:
             # Step to the nearest other count in range (keeps shrinking towards small sizes).
             step = 1 if context_tokens < max_context_tokens else -1
@@ -185,99 +265,28 @@ def attention_shapes(
                 query_tokens += 1 if query_tokens < max_query_tokens else -1
             else:
                 context_tokens += step
-        query_dim = heads * head_dim
-        if free_query_dim:
-            query_dim = data(st.integers(low, high))
-        return AttentionShapes(
-            batch=data(st.integers(min_batch, max_batch)),
-            heads=heads,
-            head_dim=head_dim,
-            query_tokens=query_tokens,
-            context_tokens=context_tokens,
-            query_dim=query_dim,
-            context_dim=data(st.integers(min_context_dim, max_context_dim)),
-            seed=data(seeds()),
-        )
+        query_dim = data(st.integers(low_qd, high_qd)) if free_query_dim else heads * head_dim
+        drawn = {
+            "batch": data(st.integers(min_batch, max_batch)),
+            "heads": heads,
+            "head_dim": head_dim,
+            "query_tokens": query_tokens,
+            "context_tokens": context_tokens,
+            "query_dim": query_dim,
+            "context_dim": data(st.integers(min_context_dim, max_context_dim)),
+        }
+        fitted = narrow(drawn, max_cost=max_cost, floors=floors, tied_query_dim=not free_query_dim)
+        return AttentionShapes(**fitted, seed=data(seeds()))
 
     return draw()
 
 
-def random_tensor(
-    shape: Sequence[int],
-    *,
-    seed: int,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    scale: float = 1.0,
-) -> torch.Tensor:
-    """Standard normal values times ``scale``, from a CPU generator seeded with ``seed``.
-
-    Values are drawn in float64 on the CPU and then cast, so the same seed gives the same
-    numbers (up to rounding) on every device and dtype.
-
-    >>> random_tensor((2, 3), seed=0).shape
-    torch.Size([2, 3])
-    >>> torch.equal(random_tensor((4,), seed=7), random_tensor((4,), seed=7))
-    True
-    """
-    generator = torch.Generator().manual_seed(seed)
-    values = torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * scale
-    return values.to(device=device, dtype=dtype)
-
-
-def random_key_mask(
-    batch: int,
-    tokens: int,
-    *,
-    seed: int,
-    keep_probability: float = 0.6,
-    device: str | torch.device = "cpu",
-) -> torch.Tensor:
-    """A boolean key mask (batch, tokens), True = attend; every row keeps at least one key.
-
-    >>> mask = random_key_mask(3, 5, seed=1)
-    >>> mask.shape, bool(mask.any(dim=-1).all())
-    (torch.Size([3, 5]), True)
-    """
-    if batch < 1 or tokens < 1:
-        raise InputShapeError(f"a key mask needs batch >= 1 and tokens >= 1, got {batch}, {tokens}")
-    generator = torch.Generator().manual_seed(seed)
-    keep = torch.rand((batch, tokens), generator=generator) < keep_probability
-    first = torch.randint(tokens, (batch,), generator=generator)
-    keep[torch.arange(batch), first] = True
-    return keep.to(device)
-
-
-def random_qkv(
-    shapes: AttentionShapes,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    scale: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Seeded split-head q (B, H, N, d), k and v (B, H, M, d) for ``shapes``.
-
-    >>> q, k, v = random_qkv(AttentionShapes(2, 8, 40, 64, 77, 320, 768))
-    >>> tuple(q.shape), tuple(k.shape)
-    ((2, 8, 64, 40), (2, 8, 77, 40))
-    """
-    s = shapes
-    base = s.seed * 1009
-    q = random_tensor(
-        (s.batch, s.heads, s.query_tokens, s.head_dim),
-        seed=base,
-        dtype=dtype,
-        device=device,
-        scale=scale,
-    )
-    k, v = (
-        random_tensor(
-            (s.batch, s.heads, s.context_tokens, s.head_dim),
-            seed=base + i,
-            dtype=dtype,
-            device=device,
-            scale=scale,
-        )
-        for i in (1, 2)
-    )
-    return q, k, v
+def _aligned(value: int, step: int, low: int, high: int) -> int:
+    """``value`` moved to a multiple of ``step`` (and at least ``low``) within ``[low, high]``:
+    up when that fits, else down; unchanged when no multiple fits."""
+    value = max(value, low)
+    up = -(-value // step) * step
+    if up <= high:
+        return up
+    down = (min(value, high) // step) * step
+    return down if down >= low else min(value, high)
