@@ -322,7 +322,8 @@ class AttentionStore:
         """Trace ``model`` with this store as probe for the block; yields the journey.
 
         Each forward of ``model`` in the block is a forward boundary, and so is the end of
-        the block; the input's (C, H, W) is noted as the latent. Hooks go when the block ends.
+        the block; the input's (C, H, W) is noted as the latent. Other stores among ``probes``
+        get the same boundaries and latent. Hooks go when the block ends.
 
         >>> with store.capture(unet):                                  # doctest: +SKIP
         ...     unet(latents, t, encoder_hidden_states=context)
@@ -335,20 +336,26 @@ class AttentionStore:
                 f"{type(model).__name__}"
             )
 
+        probes = (self, *probes)
+        stores = [p for p in probes if isinstance(p, AttentionStore)]
+
         def starts(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            self._boundary()
             x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-            if isinstance(x, torch.Tensor) and x.dim() == 4:
-                self.latent = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+            for store in stores:
+                store._boundary()
+                if isinstance(x, torch.Tensor) and x.dim() == 4:
+                    store.latent = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
 
         handle = model.register_forward_pre_hook(starts, with_kwargs=True)
         try:
-            with trace(model, probes=[self, *probes], monitors=monitors) as journey:
+            with trace(model, probes=probes, monitors=monitors) as journey:
                 yield journey
         finally:
             handle.remove()
-            self._boundary()
-        self.check()
+            for store in stores:
+                store._boundary()
+        for store in stores:
+            store.check()
 
     # -- what it holds -------------------------------------------------------------------
     def available(self) -> dict[tuple[str, str], list[Resolution]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -14,6 +15,7 @@ from shapetrace.maps.store import AttentionStore
 __all__ = [
     "IMAGE_PLACES",
     "check_tokens",
+    "fixed",
     "kept_images",
     "latent_of",
     "quarter",
@@ -42,6 +44,19 @@ def require(store: AttentionStore, recipe: str, *, window: str, places: Sequence
             f"{recipe} needs a store with window={window!r} holding places {tuple(places)}; "
             f"this one has {have}: build it with {recipe}_store(...)"
         )
+
+
+def fixed(recipe: str, settings: dict[str, Any], **chosen: object) -> dict[str, Any]:
+    """``settings`` with the recipe's own choices; refuse a setting that would override one."""
+    clash = sorted(set(settings) & set(chosen))
+    if clash:
+        given = ", ".join(f"{k}={settings[k]!r}" for k in clash)
+        mine = ", ".join(f"{k}={chosen[k]!r}" for k in clash)
+        raise InputShapeError(
+            f"{recipe}_store({given}): the recipe sets {mine} to reproduce the peer's numbers; "
+            "leave it out, or build an AttentionStore(...) of your own"
+        )
+    return {**settings, **chosen}
 
 
 def where(store: AttentionStore, unet_places: Sequence[str]) -> tuple[str, ...]:

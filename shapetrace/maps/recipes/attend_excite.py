@@ -32,6 +32,7 @@ from shapetrace.maps.aggregation import aggregate
 from shapetrace.maps.masks import smooth
 from shapetrace.maps.recipes._common import (
     check_tokens,
+    fixed,
     quarter,
     require,
     require_graph,
@@ -59,7 +60,8 @@ def attend_excite_store(
     """
     settings.setdefault("places", DEFAULT_PLACES)
     resolutions = None if res is None else [as_res(res)]
-    return AttentionStore(window="forward", grad=grad, resolutions=resolutions, **settings)
+    chosen = fixed("attend_excite", settings, window="forward", resolutions=resolutions)
+    return AttentionStore(grad=grad, **chosen)
 
 
 def attend_excite_maps(

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from shapetrace.errors import InputShapeError
 from shapetrace.maps._store_settings import Resolution, as_res
 from shapetrace.maps.aggregation import aggregate
-from shapetrace.maps.recipes._common import check_tokens, quarter, require, where
+from shapetrace.maps.recipes._common import check_tokens, fixed, quarter, require, where
 from shapetrace.maps.store import AttentionStore
 
 __all__ = ["break_a_scene_loss", "break_a_scene_maps", "break_a_scene_store"]
@@ -40,7 +40,8 @@ def break_a_scene_store(
     gradients; each batch row is its own prompt unless ``rows=`` says otherwise."""
     settings.setdefault("places", (*PLACES, "transformer", "single"))
     resolutions = None if res is None else [as_res(res)]
-    return AttentionStore(window="forward", grad=grad, resolutions=resolutions, **settings)
+    chosen = fixed("break_a_scene", settings, window="forward", resolutions=resolutions)
+    return AttentionStore(grad=grad, **chosen)
 
 
 def break_a_scene_maps(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from shapetrace.errors import ShapeTraceError
 from shapetrace.maps._store_settings import Resolution
-from shapetrace.maps.recipes._common import check_tokens, latent_of, require, where
+from shapetrace.maps.recipes._common import check_tokens, fixed, latent_of, require, where
 from shapetrace.maps.store import AttentionStore
 
 __all__ = ["daam_maps", "daam_store"]
@@ -45,9 +45,7 @@ def daam_store(
         prompts,
         images_per_prompt=images_per_prompt,
         guidance=guidance,
-        window="run",
-        detail="head",
-        **settings,
+        **fixed("daam", settings, window="run", detail="head"),
     )
 
 

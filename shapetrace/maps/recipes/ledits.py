@@ -26,7 +26,14 @@ from shapetrace.errors import InputShapeError
 from shapetrace.maps._store_settings import Resolution, as_res
 from shapetrace.maps.aggregation import aggregate
 from shapetrace.maps.masks import token_mask
-from shapetrace.maps.recipes._common import kept_images, latent_of, quarter, require, where
+from shapetrace.maps.recipes._common import (
+    fixed,
+    kept_images,
+    latent_of,
+    quarter,
+    require,
+    where,
+)
 from shapetrace.maps.store import AttentionStore
 
 __all__ = ["ledits_mask", "ledits_masks", "ledits_store"]
@@ -44,14 +51,10 @@ def ledits_store(
     ``res`` keeps only that grid; None keeps all and the readers pick int(latent / 4).
     """
     settings.setdefault("places", (*PLACES, "transformer", "single"))
+    resolutions = None if res is None else [as_res(res)]
+    chosen = fixed("ledits", settings, window="step", resolutions=resolutions)
     return AttentionStore.for_batch(
-        edits,
-        images_per_prompt=images,
-        guidance=True,
-        shared_uncond=True,
-        window="step",
-        resolutions=None if res is None else [as_res(res)],
-        **settings,
+        edits, images_per_prompt=images, guidance=True, shared_uncond=True, **chosen
     )
 
 

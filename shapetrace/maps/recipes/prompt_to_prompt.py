@@ -23,7 +23,7 @@ import torch
 
 from shapetrace.maps._store_settings import Resolution
 from shapetrace.maps.aggregation import aggregate
-from shapetrace.maps.recipes._common import require
+from shapetrace.maps.recipes._common import fixed, require
 from shapetrace.maps.store import AttentionStore
 
 __all__ = ["p2p_maps", "p2p_store"]
@@ -36,9 +36,11 @@ def p2p_store(
 
     ``settings`` go to ``AttentionStore`` (``detail="layer"`` for LocalBlend's layer picks).
     """
-    settings.setdefault("window", "run")
     return AttentionStore.for_batch(
-        prompts, images_per_prompt=images_per_prompt, guidance=guidance, **settings
+        prompts,
+        images_per_prompt=images_per_prompt,
+        guidance=guidance,
+        **fixed("p2p", settings, window="run"),
     )
 
 
