@@ -27,6 +27,7 @@ QUICK_IDS = {
     "meta_wall", "meta_cpu", "meta_wall_render", "meta_cpu_render", "meta_rss_cold",
     "meta_heap_peak", "cpu_tiny_wall", "cpu_tiny_cpu", "maps_rss_delta",
     "maps_rss_delta_uncaptured", "maps_rss_capture", "maps_time_wall", "maps_time_cpu",
+    "maps_grad_rss", "maps_grad_saved", "maps_head_rss", "maps_head_store",
 }
 
 
