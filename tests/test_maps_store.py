@@ -230,3 +230,21 @@ def test_the_memory_estimate_of_self_attention_uses_n_keys():
     store = AttentionStore(kinds=("self",))
     est = estimate_memory(store, [FakeLayer("s", kind="self", resolution=(4, 4))], batch=1)
     assert est.running == 16 * 16 * 4
+
+
+def test_a_joint_layer_is_read_as_cross_attention_by_aggregate_and_the_recipes():
+    """SD3/Flux: the tracer hands the image-query x text-key block of a joint softmax (rows sum
+    to less than 1) with kind "joint", place "transformer" and the patch grid."""
+    from shapetrace.maps.recipes import attend_excite_maps, attend_excite_store, ledits_store
+
+    block = random_probs(1, 2, 16, m=77 + 16)[..., :77]  # (1, 2, 16, 77): text keys only
+    layer = FakeLayer("transformer_blocks.0.attn", kind="joint", place="transformer",
+                      resolution=(4, 4))
+    for store in (AttentionStore(), attend_excite_store(grad=False)):
+        assert store.wants(layer)
+        store.on_attention(FakeCall(layer, block))
+    expected = block[0].mean(dim=0).reshape(4, 4, 77)
+    torch.testing.assert_close(aggregate(store, 4, ("transformer",)), expected)
+    torch.testing.assert_close(attend_excite_maps(store, res=4), expected)
+    assert not AttentionStore(kinds=("self",)).wants(layer)
+    assert "transformer" in ledits_store().places
