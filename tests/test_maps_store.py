@@ -237,12 +237,17 @@ def test_a_joint_layer_is_read_as_cross_attention_by_aggregate_and_the_recipes()
     to less than 1) with kind "joint", place "transformer" and the patch grid."""
     from shapetrace.maps.recipes import attend_excite_maps, attend_excite_store, ledits_store
 
-    block = random_probs(1, 2, 16, m=77 + 16)[..., :77]  # (1, 2, 16, 77): text keys only
+    joint = random_probs(1, 2, 16 + 77, m=16 + 77)  # SD3's order: image tokens, then text
+    block = joint[:, :, :16, 16:]  # (1, 2, 16, 77): image queries x text keys
     layer = FakeLayer("transformer_blocks.0.attn", kind="joint", place="transformer",
                       resolution=(4, 4))
     for store in (AttentionStore(), attend_excite_store(grad=False)):
         assert store.wants(layer)
-        store.on_attention(FakeCall(layer, block))
+        call = FakeCall(layer, block)
+        call.query_heads = torch.zeros(1, 2, 16 + 77, 4)  # q and k hold every token
+        call.key_heads = torch.zeros(1, 2, 16 + 77, 4)
+        call.query_tokens, call.key_tokens = slice(0, 16), slice(16, None)
+        store.on_attention(call)
     expected = block[0].mean(dim=0).reshape(4, 4, 77)
     torch.testing.assert_close(aggregate(store, 4, ("transformer",)), expected)
     torch.testing.assert_close(attend_excite_maps(store, res=4), expected)

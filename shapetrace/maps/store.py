@@ -174,8 +174,10 @@ class AttentionStore:
         self._note_grid(layer.resolution)
         if not self.selects(layer):
             return
-        b, heads, n, _ = call.query_heads.shape
-        m = call.key_heads.shape[2]
+        b, heads = call.query_heads.shape[:2]
+        # a joint layer's cross block: its image queries and text keys (None: every token)
+        n = _span(getattr(call, "query_tokens", None), call.query_heads.shape[2])
+        m = _span(getattr(call, "key_tokens", None), call.key_heads.shape[2])
         if layer.resolution is None:
             raise ShapeTraceError(
                 f"layer {layer.name!r} has no resolution (query {tuple(call.query_heads.shape)}); "
@@ -372,3 +374,8 @@ class AttentionStore:
 
 def _area(res: Resolution) -> int:
     return res[0] * res[1]
+
+
+def _span(tokens: slice | None, total: int) -> int:
+    """How many of ``total`` tokens a slice selects (all of them for None)."""
+    return total if tokens is None else len(range(*tokens.indices(total)))
