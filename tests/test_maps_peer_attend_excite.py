@@ -97,7 +97,11 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("res", [None, 2], ids=["default-attn-res", "mid-block-grid"])
+@pytest.mark.parametrize(
+    "res",
+    [None, pytest.param(2, marks=pytest.mark.slow)],
+    ids=["default-attn-res", "mid-block-grid"],
+)
 def test_maps_loss_and_latent_gradients_equal_diffusers_attend_and_excite_over_guided_steps(
     unet, res
 ):

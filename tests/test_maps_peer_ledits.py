@@ -75,7 +75,9 @@ def pipeline_mask(store, latent_shape, c: int, n: int, threshold: float, edits: 
     return out, attn_mask
 
 
-@pytest.mark.parametrize(("side", "steps"), [(256, 2), (128, 4)])
+@pytest.mark.parametrize(
+    ("side", "steps"), [(128, 3), pytest.param(256, 3, marks=pytest.mark.slow)]
+)
 def test_masks_equal_the_ledits_pipeline_exactly_over_several_steps_at_the_latent_size(
     unet, side, steps
 ):

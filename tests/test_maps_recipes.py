@@ -71,13 +71,13 @@ def cond_heads(probs: torch.Tensor, row: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def guided_run(unet):
-    """Three DDIM steps for two prompts under guidance (batch u0, u1, c0, c1): the reference
+    """Two DDIM steps for two prompts under guidance (batch u0, u1, c0, c1): the reference
     probabilities per step, and stores for P2P, per-layer and per-head capture."""
     g = torch.Generator().manual_seed(3)
     context = torch.randn(4, 77, 64, generator=g)
     latents = torch.randn(2, 4, *LATENT, generator=g)
     scheduler = DDIMScheduler.from_config({"num_train_timesteps": 1000})
-    scheduler.set_timesteps(3)
+    scheduler.set_timesteps(2)
     p2p, per_layer = p2p_store(prompts=2), p2p_store(prompts=2, detail="layer")
     daam = daam_store(prompts=2)
     steps = []
@@ -204,10 +204,14 @@ def test_break_a_scene_loss_gradients_equal_a_hand_written_probe_per_batch_row(u
     masks = (torch.rand(2, 2, 1, 128, 128, generator=g) > 0.5).float()  # per row, two assets
     tokens, res = [3, 6], 4
     param = "down_blocks.2.attentions.0.transformer_blocks.0.attn2.to_k.weight"
-    for select in (0, 1):
-        x = x0.clone().requires_grad_(True)
-        with torch.enable_grad(), materialized(unet, keep_graph=True) as seen:
-            unet(x, 400, encoder_hidden_states=context)
+    x = x0.clone().requires_grad_(True)
+    with torch.enable_grad(), materialized(unet, keep_graph=True) as seen:
+        unet(x, 400, encoder_hidden_states=context)
+    store = break_a_scene_store(res=res)
+    y = x0.clone().requires_grad_(True)
+    with torch.enable_grad(), store.capture(unet):
+        unet(y, 400, encoder_hidden_states=context)
+    for select in (0, 1):  # one forward, one loss per batch row
         out = [
             calls[0].reshape(2, HEADS, res, res, 77)[select]
             for name, calls in seen.items()
@@ -217,16 +221,11 @@ def test_break_a_scene_loss_gradients_equal_a_hand_written_probe_per_batch_row(u
         ref_maps = torch.stack([agg[..., i] / agg[..., i].max() for i in tokens])
         small = F.interpolate(masks[select], size=(res, res))[:, 0]
         ref_loss = sum(F.mse_loss(small[i], ref_maps[i]) for i in range(2))
-        ref_grads = torch.autograd.grad(ref_loss, [x, unet.get_parameter(param)])
-
-        store = break_a_scene_store(res=res)
-        y = x0.clone().requires_grad_(True)
-        with torch.enable_grad():
-            with store.capture(unet):
-                unet(y, 400, encoder_hidden_states=context)
-            maps = break_a_scene_maps(store, tokens, select=select)
-            loss = break_a_scene_loss(maps, masks[select])
-            grads = torch.autograd.grad(loss, [y, unet.get_parameter(param)])
+        weight = unet.get_parameter(param)
+        ref_grads = torch.autograd.grad(ref_loss, [x, weight], retain_graph=True)
+        maps = break_a_scene_maps(store, tokens, select=select)
+        loss = break_a_scene_loss(maps, masks[select])
+        grads = torch.autograd.grad(loss, [y, weight], retain_graph=True)
         torch.testing.assert_close(maps, ref_maps, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-7)
         for got, ref in zip(grads, ref_grads, strict=True):
