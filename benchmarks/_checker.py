@@ -17,7 +17,7 @@ from benchmarks._stats import Series, Target, compare
 
 __all__ = ["BUDGETS", "rows", "specs", "time_task"]
 
-GROUP = "4. Checking attention code (ci profile)"
+GROUP = "6. Checking attention code (ci profile)"
 
 BUDGETS: dict[str, tuple[str, float]] = {
     "module": ("check_attention_module(SDPACrossAttention)", 5.0),

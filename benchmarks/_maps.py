@@ -173,3 +173,111 @@ def rows(s: Settings, memory: list[dict[str, Any]], timing: dict[str, Any]) -> l
             )
         )
     return out
+
+
+# -- 4. what capture with gradients and per-head retention cost ---------------------------
+POLICY_GROUP = "4. Map capture: gradients and per-head retention against plain capture"
+POLICIES = {  # name: (autograd on in the forward, store grad, detail, steps)
+    "plain_autograd": (True, False, "resolution", 1),
+    "grad": (True, True, "resolution", 1),
+    "plain": (False, False, "resolution", 3),
+    "head": (False, False, "head", 3),
+}
+
+
+def policy_task(args: dict[str, Any]) -> dict[str, Any]:
+    """Peak RSS above start of ``steps`` captured guided forwards under one policy (after a
+    warm-up forward), the store's bytes, its estimate and the bytes autograd saved."""
+    import torch
+
+    import shapetrace
+    from shapetrace.maps import AttentionStore, estimate_memory
+    from shapetrace.models import build_model
+
+    autograd, grad, detail, steps = POLICIES[args["policy"]]
+    t, built = timed(lambda: build_model(args["model"], device="cpu", seed=0))
+    h, w = args["height"], args["width"]
+    layers = shapetrace.trace_model(args["model"], height=h, width=w, batch=2).layers
+    (x, t_step), kwargs = built.inputs(h, w, 2)
+    saved: dict[int, int] = {}
+
+    def pack(tensor: Any) -> Any:
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    def run() -> tuple[Any, Any]:
+        store = AttentionStore.for_batch(1, guidance=True, grad=grad, detail=detail)
+        outs = []
+        latents = x.clone().requires_grad_(autograd)
+        with torch.set_grad_enabled(autograd):
+            for _ in range(steps):
+                with store.capture(built.module):
+                    outs.append(built.module(latents, t_step, **kwargs).sample)
+                store.end_step()
+        return store, outs  # the outputs keep the model's (and the maps') graph alive
+
+    run()  # warm-up
+    peak, (store, outs) = rss_peak(run)
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    estimate = estimate_memory(store, layers, batch=2)
+    facts = {
+        "build_s": t.wall, "store_bytes": store.nbytes(), "saved_bytes": sum(saved.values()),
+        "estimate_running": estimate.running, "estimate_graph": estimate.graph,
+        "estimate_scratch": estimate.scratch, "outputs": len(outs),
+    }
+    return {"rss_delta": peak.delta, "hwm": peak.hwm, "facts": facts}
+
+
+def policy_specs(s: Settings) -> list[dict[str, Any]]:
+    """Memory tasks for each policy, alternating, one fresh process per sample when isolated."""
+    h, w = s.maps_size
+    base = {"model": s.maps_model, "height": h, "width": w}
+    return [
+        {"task": "maps_policy", "args": {**base, "policy": p}, "env": dict(s.memory_env)}
+        for _ in range(s.maps_memory_reps)
+        for p in POLICIES
+    ]
+
+
+def policy_rows(s: Settings, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Peak RSS and exact bytes: gradients vs plain (one forward with autograd on), per-head
+    vs per-resolution sums (steps without autograd)."""
+    h, w = s.maps_size
+    where = f"{s.maps_model} on cpu, {h}x{w}, batch 2 (uncond, cond), cond row kept"
+
+    def of(policy: str) -> list[dict[str, Any]]:
+        return [r for r in results if r.get("args", {}).get("policy") == policy]
+
+    def facts(policy: str, key: str) -> Series:
+        rs = of(policy)
+        error = next((r["error"] for r in rs if r.get("error")), None)
+        values = [float(r["facts"][key]) for r in rs if r.get("facts", {}).get(key) is not None]
+        return Series(policy, values[:1], error)  # deterministic: one value
+
+    out = []
+    for key, what, subject, baseline, exact in (
+        ("maps_grad_rss", "one forward with autograd on, maps with gradients vs plain capture",
+         "grad", "plain_autograd", "saved_bytes"),
+        ("maps_head_rss", f"{POLICIES['head'][3]} forwards, per-head sums vs per-resolution sums",
+         "head", "plain", "store_bytes"),
+    ):
+        extra = {p: {k: of(p)[0].get("facts", {}).get(k) for k in (
+            "store_bytes", "saved_bytes", "estimate_running", "estimate_graph")} if of(p) else {}
+            for p in (subject, baseline)}
+        out.append(compare(
+            key, f"peak RSS above start, {what} ({where})",
+            _side(of(subject), "rss_delta", subject), _side(of(baseline), "rss_delta", baseline),
+            unit="bytes", group=POLICY_GROUP, extra=extra,
+            note="peak RSS after a warm-up forward, outputs kept alive (so is the graph); "
+            "exact bytes in the next rows are not disturbed by other jobs",
+        ))
+        label = "bytes autograd saved" if exact == "saved_bytes" else "bytes the store holds"
+        out.append(compare(
+            f"{key.removesuffix('_rss')}_{'saved' if exact == 'saved_bytes' else 'store'}",
+            f"{label}, {what} ({where})", facts(subject, exact), facts(baseline, exact),
+            unit="bytes", group=POLICY_GROUP,
+            note="counted exactly: saved_tensors_hooks (unique storages) and store.nbytes()",
+        ))
+    return out

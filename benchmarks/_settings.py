@@ -39,7 +39,7 @@ class Settings:
     maps_time_steps: int = 10
     maps_time_pairs: int = 3
     prompt: str = "a cat sitting on a mat"
-    # 4. what a check costs: timed runs of each check after untimed ones (ci profile)
+    # 6. what a check costs: timed runs of each check after untimed ones (ci profile)
     checker_reps: int = 3
     checker_warmup: int = 1
     guidance: float = 7.5

@@ -19,7 +19,7 @@ SCHEMA = "shapetrace.bench/1"
 
 def _builds(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Build times (not part of any timed sample), grouped by what was built and where."""
-    where = {"meta_time": "meta", "meta_memory": "meta", "cpu_time": "cpu"}
+    where = {"meta_time": "meta", "meta_memory": "meta", "cpu_time": "cpu", "maps_policy": "cpu"}
     groups: dict[str, list[float]] = {}
     imports = [float(r["import_s"]) for r in results if r.get("import_s") is not None]
     if imports:
@@ -31,7 +31,7 @@ def _builds(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         model = r.get("args", {}).get("model", "?")
         what = (
             f"{model} UNet + CLIP text encoder on cpu (maps chain)"
-            if r["task"].startswith("maps")
+            if r["task"] in ("maps_memory", "maps_time")
             else f"{model} UNet on {where.get(r['task'], '?')}"
         )
         groups.setdefault(what, []).append(float(build))
@@ -51,7 +51,9 @@ def run_bench(
     maps_memory, maps_timing = _maps.specs(settings)
     meta_forward = _meta_forward.specs(settings)
     checker = _checker.specs(settings)
-    tasks = meta_timing + meta_memory + cpu + maps_memory + maps_timing + meta_forward + checker
+    policies = _maps.policy_specs(settings)
+    tasks = [*meta_timing, *meta_memory, *cpu, *maps_memory, *maps_timing, *policies,
+             *meta_forward, *checker]
     results = run_specs(
         tasks,
         isolated=settings.isolated,
@@ -67,6 +69,7 @@ def run_bench(
         *_meta.rows(settings, of("meta_time")[0], of("meta_memory")),
         *_cpu.rows(settings, of("cpu_time")),
         *_maps.rows(settings, of("maps_memory"), of("maps_time")[0]),
+        *_maps.policy_rows(settings, of("maps_policy")),
         *_meta_forward.rows(settings, of("meta_forward")),
         *_checker.rows(settings, of("checker_time")),
     ]

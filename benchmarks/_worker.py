@@ -30,12 +30,13 @@ def _tasks() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         "cpu_time": _cpu.time_task,
         "maps_memory": _maps.memory_task,
         "maps_time": _maps.time_task,
+        "maps_policy": _maps.policy_task,
     }
 
 
 TASKS = (
     "meta_time", "meta_memory", "cpu_time", "maps_memory", "maps_time", "meta_forward",
-    "checker_time",
+    "checker_time", "maps_policy",
 )
 
 

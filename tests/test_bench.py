@@ -30,6 +30,7 @@ QUICK_IDS = {
     "meta_forward_sd15_wall", "meta_forward_sd15_cpu",
     "checker_module_wall", "checker_module_cpu", "checker_processor_wall",
     "checker_processor_cpu", "checker_added_kv_processor_wall", "checker_added_kv_processor_cpu",
+    "maps_grad_rss", "maps_grad_saved", "maps_head_rss", "maps_head_store",
 }
 
 

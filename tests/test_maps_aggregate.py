@@ -10,8 +10,9 @@ from shapetrace.errors import InputShapeError, ShapeTraceError
 from shapetrace.maps import (
     AttentionStore,
     aggregate,
-    break_a_scene_aggregate,
     break_a_scene_loss,
+    break_a_scene_maps,
+    break_a_scene_store,
     default_resolution,
     nearest_resolution,
 )
@@ -78,17 +79,17 @@ def test_aggregate_includes_mid_only_when_asked():
     store = AttentionStore.for_batch(1, guidance=False)
     steps = run_steps(2, 1, store)
     torch.testing.assert_close(
-        store.aggregate(1, ("mid",)), p2p_aggregate(steps, 1, ("mid",), 0), rtol=1e-6, atol=1e-7
+        aggregate(store, 1, ("mid",)), p2p_aggregate(steps, 1, ("mid",), 0), rtol=1e-6, atol=1e-7
     )
     with pytest.raises(ShapeTraceError, match=r"cross-attention maps at 1x1 in \('up', 'down'\)"):
-        store.aggregate(1)
+        aggregate(store, 1)
 
 
 def test_every_aggregated_map_sums_to_one_over_the_tokens_per_pixel():
     store = AttentionStore.for_batch(1, guidance=True)
     run_steps(2, 2, store)
     for res in (2, 4):
-        sums = store.aggregate(res).sum(dim=-1)
+        sums = aggregate(store, res).sum(dim=-1)
         torch.testing.assert_close(sums, torch.ones_like(sums))
 
 
@@ -96,11 +97,11 @@ def test_aggregate_without_matching_maps_lists_what_is_stored():
     store = AttentionStore.for_batch(1, guidance=False)
     run_steps(1, 1, store)
     with pytest.raises(ShapeTraceError, match=r"at 8x8 .* down cross: 2x2 4x4"):
-        store.aggregate(8)
+        aggregate(store, 8)
     with pytest.raises(ShapeTraceError, match="no self-attention maps at 2x2"):
-        store.aggregate(2, is_cross=False)
-    with pytest.raises(InputShapeError, match=r"from_where takes .*; got \['middle'\]"):
-        store.aggregate(2, ("middle",))
+        aggregate(store, 2, is_cross=False)
+    with pytest.raises(InputShapeError, match=r"from_where=\['middle'\]: .*did you mean 'mid'"):
+        aggregate(store, 2, ("middle",))
 
 
 def test_default_resolution_is_the_stored_level_nearest_a_quarter_of_the_latent():
@@ -114,16 +115,16 @@ def test_default_resolution_is_the_stored_level_nearest_a_quarter_of_the_latent(
 
 
 def test_break_a_scene_maps_are_the_16x16_aggregate_per_token_divided_by_its_max():
-    store = AttentionStore.for_batch(1, guidance=False)
+    store = break_a_scene_store(grad=False)
     probs = random_probs(1, HEADS, 256)
     store.on_attention(FakeCall(FakeLayer("up.attn2", place="up", resolution=(16, 16)), probs))
     agg = probs[0].mean(dim=0).reshape(16, 16, 77)
-    maps = break_a_scene_aggregate(store, [2, 5])
+    maps = break_a_scene_maps(store, [2, 5])
     assert maps.shape == (2, 16, 16)
     for t, index in enumerate((2, 5)):
         torch.testing.assert_close(maps[t], agg[..., index] / agg[..., index].max())
-    with pytest.raises(InputShapeError, match=r"token indices \[77\] are outside the 77"):
-        break_a_scene_aggregate(store, [77])
+    with pytest.raises(InputShapeError, match=r"token_indices=\[77\]: \[77\] outside 0\.\.76"):
+        break_a_scene_maps(store, [77])
 
 
 def test_break_a_scene_loss_is_the_sum_of_mse_against_masks_resized_to_the_maps():

@@ -12,7 +12,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 import shapetrace
 from shapetrace.errors import InputShapeError
-from shapetrace.maps import AttentionStore
+from shapetrace.maps import AttentionStore, aggregate
 from shapetrace.models import build_model
 from tests._helpers import hook_count, processors, same_state, state_snapshot
 
@@ -109,7 +109,7 @@ def test_captured_probabilities_equal_those_attn_processor_materializes(material
     assert len(seen) == 16 and all(len(calls) == 1 for calls in seen.values())
     for branch, row in (("cond", 1), ("uncond", 0)):
         for (place, res), expected in hand_aggregate(seen, row).items():
-            got = store.aggregate(res, (place,), select=0, branch=branch)
+            got = aggregate(store, res, (place,), select=0, branch=branch)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -119,7 +119,7 @@ def test_probabilities_derived_beside_fused_sdpa_equal_the_materialized_ones(tin
     with processor(tiny, AttnProcessor2_0()):
         forward(tiny, *inputs(2), store=derived)
     for (place, res), expected in hand_aggregate(seen, 1).items():
-        got = derived.aggregate(res, (place,), select=0)
+        got = aggregate(derived, res, (place,), select=0)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -159,8 +159,8 @@ def test_select_picks_each_prompts_conditional_row_under_guidance(tiny):
         alone = AttentionStore()  # batch 1: the row of that context alone
         forward(tiny, x1, t, ctx[name], alone)
         for res in ((8, 8), (4, 4), (2, 2)):
-            expected = alone.aggregate(res, select=0)
-            got = store.aggregate(res, select=select, branch=branch)
+            expected = aggregate(alone, res, select=0)
+            got = aggregate(store, res, select=select, branch=branch)
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6, msg=name)
 
 
@@ -170,14 +170,14 @@ def test_resolutions_come_from_layer_geometry_for_non_square_latents(tiny):
     forward(tiny, x, t, context, store)
     assert store.available()[("down", "cross")] == [(2, 3), (4, 6), (8, 12)]
     assert store.available()[("mid", "cross")] == [(1, 2)]
-    assert store.aggregate((4, 6)).shape == (4, 6, 77)
+    assert aggregate(store, (4, 6)).shape == (4, 6, 77)
 
 
 def test_a_resolution_filter_captures_only_that_level(tiny):
     store = AttentionStore.for_batch(1, guidance=True, resolutions=[4])
     forward(tiny, *inputs(2), store=store)
-    assert set(store.entries) == {("down", "cross", (4, 4)), ("up", "cross", (4, 4))}
-    assert store.entries[("up", "cross", (4, 4))].layers == {
+    assert set(store.entries) == {("down", "cross", (4, 4), ""), ("up", "cross", (4, 4), "")}
+    assert store.entries[("up", "cross", (4, 4), "")].layers == {
         f"up_blocks.2.attentions.{i}.transformer_blocks.0.attn2" for i in range(3)
     }
 
@@ -191,7 +191,7 @@ def test_the_model_is_left_as_it_was_also_after_an_exception_in_capture(tiny):
         forward(tiny, x, t, context, wrong)
         wrong.end_step()  # raises here if the tracer shields the forward from probe errors
     with pytest.raises(InputShapeError, match=r"got batch 1 but the store was told 2 rows"):
-        wrong.aggregate(4)
+        aggregate(wrong, 4)
     with pytest.raises(InputShapeError, match=r"encoder_hidden_states \(1, 77, 32\)"):
         forward(tiny, x, t, torch.randn(1, 77, 32), AttentionStore())  # wrong context width
 
@@ -203,7 +203,7 @@ def test_the_model_is_left_as_it_was_also_after_an_exception_in_capture(tiny):
         half = AttentionStore()
         with pytest.raises(RuntimeError, match="boom in the mid block"):
             forward(tiny, x, t, context, half)
-        assert ("down", "cross", (8, 8)) in half.entries
+        assert ("down", "cross", (8, 8), "") in half.entries
     finally:
         handle.remove()
     assert hook_count(tiny) == hooks

@@ -9,7 +9,7 @@ from diffusers.pipelines.ledits_pp.pipeline_leditspp_stable_diffusion import (
 )
 
 from shapetrace.errors import InputShapeError
-from shapetrace.maps import AttentionStore, gaussian_kernel, ledits_mask, smooth, token_mask
+from shapetrace.maps import gaussian_kernel, ledits_mask, ledits_store, smooth, token_mask
 from tests.test_maps_store import FakeCall, FakeLayer, random_probs
 
 
@@ -98,12 +98,15 @@ def test_bad_tokens_thresholds_and_shapes_are_refused():
         smooth(torch.rand(4, 4))
 
 
-def test_ledits_mask_thresholds_the_stores_aggregate():
-    store = AttentionStore.for_batch(1, guidance=True)
+def test_ledits_mask_thresholds_the_stores_aggregate_at_the_latent_it_saw():
+    store = ledits_store(edits=1)  # rows: uncond (shared), edit 0
     probs = random_probs(2, 2, 16)
     store.on_attention(FakeCall(FakeLayer("up.attn2", place="up", resolution=(4, 4)), probs))
+    # no capture: the latent is the largest grid the store saw (4x4), the mask is that size
+    assert ledits_mask(store, 2, res=4, threshold=0.8).shape == (1, 4, 4, 4)
     got = ledits_mask(store, 2, res=4, threshold=0.8, latent_size=(16, 16))
-    expected = token_mask(store.aggregate(4), 2, threshold=0.8, latent_size=(16, 16))
+    maps = probs[1].mean(dim=0).reshape(4, 4, 77)  # the edit row, mean over heads
+    expected = token_mask(maps, 2, threshold=0.8, latent_size=(16, 16))
     assert got.shape == (1, 4, 16, 16)
     torch.testing.assert_close(got, expected)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shapetrace.errors import InputShapeError, ModelLoadError
-from shapetrace.maps import AttentionStore
+from shapetrace.maps import AttentionStore, aggregate
 from shapetrace.maps.pipeline import build_chain, denoise, make_scheduler
 from shapetrace.maps.text import build_text_encoder, encode, tokenize
 
@@ -41,14 +41,14 @@ def test_guidance_runs_uncond_then_cond_and_the_store_keeps_the_cond_row(chain):
     first = run.layers[1]  # down_blocks.0 attn2
     assert first.kind == "cross" and first.shape("context") == (2, 77, 64)
     assert [r.branch for r in store.kept_rows] == ["uncond", "cond"]
-    assert not torch.equal(store.aggregate(4, branch="uncond"), store.aggregate(4))
+    assert not torch.equal(aggregate(store, 4, branch="uncond"), aggregate(store, 4))
 
 
 def test_without_guidance_the_batch_is_one_conditional_row(chain):
     store = AttentionStore.for_batch(1, guidance=False)
     run = denoise(chain, PROMPT, steps=1, height=64, width=64, guidance=1.0, store=store)
     assert run.layers[1].shape("context") == (1, 77, 64)
-    assert store.aggregate(4).shape == (4, 4, 77)
+    assert aggregate(store, 4).shape == (4, 4, 77)
 
 
 def test_the_stores_memory_is_the_same_after_one_step_and_after_many(chain):

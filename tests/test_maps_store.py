@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shapetrace.errors import InputShapeError, ShapeTraceError
-from shapetrace.maps import AttentionStore, batch_rows, estimate_memory
+from shapetrace.maps import AttentionStore, aggregate, batch_rows, estimate_memory
 
 
 @dataclass
@@ -35,7 +35,11 @@ class FakeCall:
         self.computed = 0
 
     def compute_probs(
-        self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None
+        self,
+        dtype: torch.dtype = torch.float32,
+        rows: torch.Tensor | None = None,
+        *,
+        grad: bool = False,
     ) -> torch.Tensor:
         """Like AttentionCall: materialized probabilities cost nothing; rows select."""
         if self.probs is None:
@@ -65,7 +69,7 @@ def test_batch_rows_put_unconditional_rows_first_then_conditional_prompt_major()
 
 
 def test_batch_rows_refuse_zero_prompts():
-    with pytest.raises(InputShapeError, match="at least one prompt"):
+    with pytest.raises(InputShapeError, match=r"prompts=0: need a whole number >= 1"):
         batch_rows(0)
 
 
@@ -73,7 +77,7 @@ def test_one_call_adds_its_heads_summed_and_counts_each_head():
     store = AttentionStore.for_batch(1, guidance=False)
     probs = random_probs(1, 2, 4)
     store.on_attention(FakeCall(FakeLayer("l0"), probs))
-    entry = store.entries[("down", "cross", (2, 2))]
+    entry = store.entries[("down", "cross", (2, 2), "")]
     assert entry.count == 2 and entry.calls == 1 and entry.layers == {"l0"}
     torch.testing.assert_close(entry.total, probs.sum(dim=1))
     torch.testing.assert_close(entry.mean(), probs.mean(dim=1))
@@ -95,7 +99,7 @@ def test_select_picks_the_conditional_row_of_each_prompt_under_guidance():
     store.on_attention(FakeCall(FakeLayer("l0"), probs))
     for prompt, row in ((0, 2), (1, 3)):
         expected = probs[row].mean(dim=0).reshape(2, 2, 77)
-        torch.testing.assert_close(store.aggregate(2, ("down",), select=prompt), expected)
+        torch.testing.assert_close(aggregate(store, 2, ("down",), select=prompt), expected)
 
 
 def test_unconditional_rows_are_dropped_unless_keep_all():
@@ -104,13 +108,13 @@ def test_unconditional_rows_are_dropped_unless_keep_all():
     full = AttentionStore.for_batch(1, guidance=True, keep="all")
     for store in (lean, full):
         store.on_attention(FakeCall(FakeLayer("l0"), probs))
-    assert lean.entries[("down", "cross", (2, 2))].total.shape == (1, 4, 77)
-    assert full.entries[("down", "cross", (2, 2))].total.shape == (2, 4, 77)
-    uncond = full.aggregate(2, ("down",), select=0, branch="uncond")
+    assert lean.entries[("down", "cross", (2, 2), "")].total.shape == (1, 4, 77)
+    assert full.entries[("down", "cross", (2, 2), "")].total.shape == (2, 4, 77)
+    uncond = aggregate(full, 2, ("down",), select=0, branch="uncond")
     torch.testing.assert_close(uncond, probs[0].mean(dim=0).reshape(2, 2, 77))
-    torch.testing.assert_close(full.aggregate(2, ("down",)), lean.aggregate(2, ("down",)))
+    torch.testing.assert_close(aggregate(full, 2, ("down",)), aggregate(lean, 2, ("down",)))
     with pytest.raises(ShapeTraceError, match=r"no stored row for prompt 0.*uncond"):
-        lean.aggregate(2, ("down",), select=0, branch="uncond")
+        aggregate(lean, 2, ("down",), select=0, branch="uncond")
 
 
 def test_an_unlabelled_store_treats_each_row_as_its_own_prompt():
@@ -119,7 +123,7 @@ def test_an_unlabelled_store_treats_each_row_as_its_own_prompt():
     store.on_attention(FakeCall(FakeLayer("l0"), probs))
     assert [r.branch for r in store.kept_rows] == ["single"] * 3
     expected = probs[2].mean(dim=0).reshape(2, 2, 77)
-    torch.testing.assert_close(store.aggregate(2, ("down",), select=2), expected)
+    torch.testing.assert_close(aggregate(store, 2, ("down",), select=2), expected)
 
 
 def test_a_batch_that_does_not_match_the_row_labels_is_refused_naming_the_layer():
@@ -153,10 +157,10 @@ def test_unwanted_calls_are_ignored_without_computing_probabilities():
 
 
 def test_unknown_kinds_and_keep_modes_are_refused():
-    with pytest.raises(InputShapeError, match="kinds must be 'cross' or 'self'"):
+    with pytest.raises(InputShapeError, match=r"'crosss' is not one of cross, self, joint"):
         AttentionStore(kinds=("crosss",))
-    with pytest.raises(InputShapeError, match="keep must be 'cond' or 'all'"):
-        AttentionStore(keep="uncond")  # type: ignore[arg-type]
+    with pytest.raises(InputShapeError, match=r"keep='uncond': keep is one of 'cond', 'all'"):
+        AttentionStore(keep="uncond")
 
 
 def test_non_square_maps_are_keyed_by_geometry_not_by_sqrt_of_n():
@@ -164,8 +168,8 @@ def test_non_square_maps_are_keyed_by_geometry_not_by_sqrt_of_n():
     store.on_attention(FakeCall(FakeLayer("wide", resolution=(2, 8)), random_probs(1, 2, 16)))
     store.on_attention(FakeCall(FakeLayer("square", resolution=(4, 4)), random_probs(1, 2, 16)))
     assert set(store.available()[("down", "cross")]) == {(2, 8), (4, 4)}
-    assert store.aggregate((2, 8), ("down",)).shape == (2, 8, 77)
-    assert store.aggregate(4, ("down",)).shape == (4, 4, 77)
+    assert aggregate(store, (2, 8), ("down",)).shape == (2, 8, 77)
+    assert aggregate(store, 4, ("down",)).shape == (4, 4, 77)
 
 
 def test_a_resolution_that_disagrees_with_the_query_tokens_is_refused():
@@ -213,7 +217,7 @@ def test_the_memory_estimate_is_what_the_store_then_holds():
     est = estimate_memory(store, layers, batch=2)
     assert est.layers == 3 and est.rows_kept == 1 and est.batch == 2
     assert est.running == (4 * 77 + 8 * 77) * 4
-    assert est.scratch == 2 * 2 * 2 * 8 * 77 * 4
+    assert est.scratch == 2 * 1 * 2 * 8 * 77 * 4  # scores and probs of the kept row
     for layer in layers:
         n = layer.resolution[0] * layer.resolution[1]
         m = n if layer.kind == "self" else 77
@@ -226,3 +230,26 @@ def test_the_memory_estimate_of_self_attention_uses_n_keys():
     store = AttentionStore(kinds=("self",))
     est = estimate_memory(store, [FakeLayer("s", kind="self", resolution=(4, 4))], batch=1)
     assert est.running == 16 * 16 * 4
+
+
+def test_a_joint_layer_is_read_as_cross_attention_by_aggregate_and_the_recipes():
+    """SD3/Flux: the tracer hands the image-query x text-key block of a joint softmax (rows sum
+    to less than 1) with kind "joint", place "transformer" and the patch grid."""
+    from shapetrace.maps.recipes import attend_excite_maps, attend_excite_store, ledits_store
+
+    joint = random_probs(1, 2, 16 + 77, m=16 + 77)  # SD3's order: image tokens, then text
+    block = joint[:, :, :16, 16:]  # (1, 2, 16, 77): image queries x text keys
+    layer = FakeLayer("transformer_blocks.0.attn", kind="joint", place="transformer",
+                      resolution=(4, 4))
+    for store in (AttentionStore(), attend_excite_store(grad=False)):
+        assert store.wants(layer)
+        call = FakeCall(layer, block)
+        call.query_heads = torch.zeros(1, 2, 16 + 77, 4)  # q and k hold every token
+        call.key_heads = torch.zeros(1, 2, 16 + 77, 4)
+        call.query_tokens, call.key_tokens = slice(0, 16), slice(16, None)
+        store.on_attention(call)
+    expected = block[0].mean(dim=0).reshape(4, 4, 77)
+    torch.testing.assert_close(aggregate(store, 4, ("transformer",)), expected)
+    torch.testing.assert_close(attend_excite_maps(store, res=4), expected)
+    assert not AttentionStore(kinds=("self",)).wants(layer)
+    assert "transformer" in ledits_store().places

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     from shapetrace.maps.aggregation import aggregate
     from shapetrace.maps.export import write_outputs
+    from shapetrace.maps.overlay import prepare_overlay
     from shapetrace.maps.pipeline import build_chain, denoise
     from shapetrace.maps.text import tokenize
     from shapetrace.models import build_model
@@ -137,9 +138,16 @@ def run(args: argparse.Namespace) -> int:
         },
         "seconds": round(time.perf_counter() - start, 3),
     }
+    vae = getattr(args, "vae", None)
+    overlay = prepare_overlay(args.model, vae, result.latents, tokens, device=args.device)
+    if overlay is not None:
+        extra["overlay"] = overlay.files
     summary = write_outputs(
         args.out, maps, tokens, image_size=(height, width), settings=settings, extra=extra
     )
+    if overlay is not None:
+        overlay.write(args.out, maps)
+        out.print(f"drew the maps over the image decoded by {overlay.vae} in overlay/")
     out.print(
         f"wrote {len(summary['files']['heatmaps'])} heat maps, grid.png, maps.safetensors "
         f"{tuple(maps.shape)} and summary.json to {args.out} "

@@ -49,6 +49,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="DIR",
         help="local CLIP text encoder folder (config.json + *.safetensors)",
     )
+    p.add_argument(
+        "--vae",
+        default=None,
+        metavar="DIR",
+        help="local VAE folder to draw the maps over the decoded image (default: the model "
+        "folder's vae/, if it has one)",
+    )
     p.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
     p.add_argument("--height", type=int, default=None, help="image height (default: model's)")
     p.add_argument("--width", type=int, default=None, help="image width (default: model's)")

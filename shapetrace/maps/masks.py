@@ -1,5 +1,7 @@
 """LEDITS++ token masks: from aggregated cross-attention maps to a binary latent mask.
 
+``shapetrace.maps.recipes.ledits_masks`` applies this to a store's current step.
+
 As diffusers' ``LEditsPPPipelineStableDiffusion`` does it: take the maps of the edit prompt's
 tokens (start-of-text, index 0, excluded: it takes most of the attention everywhere), sum them,
 smooth with LEDITS's 3x3 Gaussian (reflect padding), keep the pixels at or above the
@@ -19,10 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from shapetrace.errors import InputShapeError
-from shapetrace.maps.aggregation import aggregate
-from shapetrace.maps.store import AttentionStore
 
-__all__ = ["gaussian_kernel", "ledits_mask", "smooth", "token_mask"]
+__all__ = ["gaussian_kernel", "smooth", "token_mask"]
 
 
 def gaussian_kernel(size: int = 3, sigma: float = 0.5) -> torch.Tensor:
@@ -96,22 +96,3 @@ def token_mask(
     size = tuple(latent_size) if latent_size is not None else tuple(mask.shape[-2:])
     mask = F.interpolate(mask.unsqueeze(1), size=size)  # (B, 1, H, W), nearest
     return mask.repeat(1, channels, 1, 1)
-
-
-def ledits_mask(
-    store: AttentionStore,
-    tokens: int | Sequence[int],
-    *,
-    select: int = 0,
-    res: int | tuple[int, int] = 16,
-    threshold: float = 0.9,
-    latent_size: tuple[int, int] = (64, 64),
-    channels: int = 4,
-) -> torch.Tensor:
-    """``token_mask`` of the store's aggregate (up and down, cross) for prompt ``select``.
-
-    >>> ledits_mask(store, 2, res=16, latent_size=(64, 64)).shape    # doctest: +SKIP
-    torch.Size([1, 4, 64, 64])
-    """
-    maps = aggregate(store, res, ("up", "down"), True, select)
-    return token_mask(maps, tokens, threshold=threshold, latent_size=latent_size, channels=channels)

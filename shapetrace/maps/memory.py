@@ -1,12 +1,16 @@
 """What a capture policy costs in memory, known before the run.
 
-The store keeps one float32 running sum of (rows kept, h*w, M) per (place, kind, resolution):
-flat in the number of steps. Each captured call also needs scratch for its scores and
-probabilities, (B, H, N, M) float32 twice, freed after the call.
+The store keeps one float32 running sum per key: (rows kept, h*w, M) per (place, kind, grid),
+per layer with ``detail="layer"``, and H times that with ``detail="head"``: flat in the number
+of steps. Each captured call also needs scratch for its scores and probabilities (two
+(R, H, N, M) float32 tensors), freed after the call. With ``grad=True`` the autograd graph keeps,
+per captured call, the probabilities and the selected rows of q and k (float32) until the
+window closes; a materializing processor (``AttnProcessor``) already holds its probabilities,
+so there the graph costs less than this estimate.
 
 >>> est = estimate_memory(store, journey.layers, batch=2)         # doctest: +SKIP
 >>> print(est)                                                     # doctest: +SKIP
-capture: cross in down/mid/up, 1 of 2 rows; running sums 4.7 MiB in 7 maps (flat in steps); ...
+capture: cross+joint in down/mid/up, 1 of 2 rows, 16 layer calls per forward; running sums ...
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from shapetrace.maps.store import AttentionStore, Key, batch_rows
+from shapetrace.maps.rows import batch_rows, kept
+from shapetrace.maps.store import AttentionStore, MapKey
 
 __all__ = ["MemoryEstimate", "estimate_memory", "format_bytes"]
 
@@ -24,24 +29,41 @@ FLOAT32 = 4
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes of the running sums (``running``, per key in ``per_key``) and the largest
-    per-call scratch (``scratch``); ``layers`` counts the layers the policy captures."""
+    """Bytes of the running sums (``running``, per key in ``per_key``), the largest per-call
+    scratch (``scratch``) and the autograd graph one forward leaves (``graph``, 0 without
+    ``grad``); ``layers`` counts the calls the policy captures per forward."""
 
     running: int
     scratch: int
-    per_key: dict[Key, int]
+    per_key: dict[MapKey, int]
     layers: int
     rows_kept: int
     batch: int
     policy: str
+    graph: int = 0
+    window: str = "run"
+
+    @property
+    def peak(self) -> int:
+        """Running sums + one forward's graph + one call's scratch: the most at once for a
+        "forward" or "step" window of one forward."""
+        return self.running + self.graph + self.scratch
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"capture: {self.policy}, {self.rows_kept} of {self.batch} rows, {self.layers} layer "
-            f"calls per UNet forward; running sums {format_bytes(self.running)} in "
+            f"calls per forward; running sums {format_bytes(self.running)} in "
             f"{len(self.per_key)} maps (flat in steps); scratch per call up to "
             f"{format_bytes(self.scratch)}"
         )
+        if self.graph:
+            held = {
+                "forward": "held until the next forward",
+                "step": "held until the step ends, per forward in it",
+                "run": "held for the whole run, per forward: it grows",
+            }[self.window]
+            text += f"; autograd graph up to {format_bytes(self.graph)} per forward ({held})"
+        return text
 
 
 def format_bytes(n: int) -> str:
@@ -59,8 +81,15 @@ def _context_tokens(layer: Any, n: int, default: int) -> int:
         return n
     try:
         return int(layer.context_tokens)
-    except (AttributeError, KeyError, IndexError):
+    except (AttributeError, KeyError, IndexError, TypeError):
         return default
+
+
+def _head_dim(layer: Any) -> int:
+    try:
+        return int(layer.head_dim or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
 
 
 def estimate_memory(
@@ -69,34 +98,45 @@ def estimate_memory(
     """Memory ``store`` will use on a forward whose attention calls are ``layers``.
 
     ``layers`` are ``LayerRecord``-like (``name``, ``kind``, ``place``, ``resolution``,
-    ``heads``), e.g. a meta-device journey's layers for one forward. Bytes per kept key:
-    h*w*M*rows_kept*4; scratch per call: 2*B*H*h*w*M*4.
+    ``heads``, ``head_dim``), e.g. a meta-device journey's layers for one forward
+    (``shapetrace.trace_model("sd15", height=512, width=512).layers``). Bytes per kept key:
+    h*w*M*rows*4 (x heads with ``detail="head"``); scratch per call: 2*rows*H*h*w*M*4; graph
+    per call with ``grad``: rows*H*(h*w*M + (h*w + M)*head_dim)*4.
     """
     rows = store.rows if store.rows is not None else batch_rows(batch, guidance=False)
-    kept = len(rows) if store.keep == "all" else sum(r.branch != "uncond" for r in rows)
-    per_key: dict[Key, int] = {}
-    scratch = 0
-    count = 0
+    r = len(kept(rows, store.keep))
+    per_key: dict[MapKey, int] = {}
+    scratch = graph = count = 0
     for layer in layers:
-        if layer.resolution is None or not store.wants(layer):
+        if layer.resolution is None or not store.selects(layer):
             continue
         h, w = (int(x) for x in layer.resolution)
-        m = _context_tokens(layer, h * w, context_tokens)
+        n, heads = h * w, int(layer.heads)
+        m = _context_tokens(layer, n, context_tokens)
         count += 1
-        per_key[(layer.place, layer.kind, (h, w))] = h * w * m * kept * FLOAT32
-        scratch = max(scratch, 2 * batch * int(layer.heads) * h * w * m * FLOAT32)
+        name = "" if store.detail == "resolution" else str(layer.name)
+        key = MapKey(layer.place, layer.kind, (h, w), name)
+        per_key[key] = n * m * r * FLOAT32 * (heads if store.detail == "head" else 1)
+        scratch = max(scratch, 2 * r * heads * n * m * FLOAT32)
+        if store.grad:
+            graph += r * heads * (n * m + (n + m) * _head_dim(layer)) * FLOAT32
     where = "/".join(store.places)
     res = (
         ""
         if store.resolutions is None
         else " at " + ", ".join(f"{h}x{w}" for h, w in sorted(store.resolutions))
     )
+    extras = [f"per {store.detail}"] if store.detail != "resolution" else []
+    extras += [f"window {store.window}"] + (["with gradients"] if store.grad else [])
+    policy = f"{'+'.join(store.kinds)} in {where}{res} ({', '.join(extras)})"
     return MemoryEstimate(
         running=sum(per_key.values()),
         scratch=scratch,
         per_key=per_key,
         layers=count,
-        rows_kept=kept,
+        rows_kept=r,
         batch=batch,
-        policy=f"{'+'.join(store.kinds)} in {where}{res}",
+        policy=policy,
+        graph=graph,
+        window=store.window,
     )

@@ -2,7 +2,8 @@
 
 Classifier-free guidance runs the UNet on the batch [uncond, cond] (the empty prompt first, as
 diffusers does) and mixes noise = uncond + g * (cond - uncond). With a store, each step's
-forward runs under ``shapetrace.trace`` with the store as probe; hooks come and go per step.
+forward runs under ``store.capture`` (the tracer with the store as probe), and each step ends
+with ``store.end_step()``; hooks come and go per step.
 
 >>> chain = build_chain("tiny", seed=0)                           # doctest: +SKIP
 >>> run = denoise(chain, "a cat sitting on a mat", steps=3, height=128, width=128,
@@ -162,9 +163,7 @@ def denoise(
             if store is None:
                 noise = _forward(unet.module, batch, t, context)
             else:
-                from shapetrace.tracing import trace
-
-                with trace(unet.module, probes=[store], monitors=False) as journey:
+                with store.capture(unet.module) as journey:
                     noise = _forward(unet.module, batch, t, context)
                 store.end_step()
                 if i == 0:

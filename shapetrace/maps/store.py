@@ -1,172 +1,161 @@
 """The attention store: a tracer probe that keeps running sums of attention probabilities.
 
 Prompt-to-prompt keeps a list of maps per step and per layer; this store keeps one running sum
-per (place, kind, resolution) and a count of the head maps added, so memory stays flat in the
-number of steps. Batch rows are labelled: under classifier-free guidance the UNet's batch is
-[uncond rows..., cond rows...], each half ordered prompt-major ([p0 i0, p0 i1, p1 i0, ...]) as
-diffusers builds it, and only the conditional rows are kept unless asked.
+per key and a count of the head maps added, so memory is flat in the number of steps. What a
+key is depends on ``detail``: one per (place, kind, grid) ("resolution", the default), one per
+layer ("layer"), or one per layer with every head kept apart ("head").
+
+Which calls the sums hold is the ``window``, and its boundaries are explicit:
+
+- ``"run"``: everything since ``reset()`` (prompt-to-prompt's average over steps);
+- ``"step"``: the current denoising step, the calls since the last ``end_step()`` (LEDITS++);
+- ``"forward"``: the last forward, the calls since the last ``end_forward()`` (Attend-and-Excite,
+  Break-a-Scene). ``capture(model)`` traces one forward and ends it.
+
+A closed window stays readable until the next call opens a new one. With ``grad=True`` the
+sums keep their autograd graph, so a loss on the maps reaches the latents and the weights.
 
 >>> store = AttentionStore.for_batch(prompts=1, guidance=True)     # rows: uncond, cond
->>> with shapetrace.trace(unet, probes=[store], monitors=False):  # doctest: +SKIP
+>>> with store.capture(unet):                                      # doctest: +SKIP
 ...     unet(latents2, t, encoder_hidden_states=text2)               # batch 2
->>> store.aggregate(16, select=0).shape                            # doctest: +SKIP
-torch.Size([16, 16, 77])
+>>> store.entries[("up", "cross", (16, 16), "")].total.shape       # doctest: +SKIP
+torch.Size([1, 256, 77])
+
+The store knows nothing of aggregation: ``shapetrace.maps.aggregation`` and the recipes read it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import torch
+from torch import nn
 
 from shapetrace.errors import InputShapeError, ShapeTraceError
+from shapetrace.maps import rows as _rows
+from shapetrace.maps._store_settings import (
+    ALL_PLACES,
+    DEFAULT_KINDS,
+    DEFAULT_PLACES,
+    DETAILS,
+    KINDS,
+    WINDOWS,
+    Detail,
+    Resolution,
+    Window,
+    check_choice,
+    check_flag,
+    check_names,
+    check_resolutions,
+)
+from shapetrace.maps._sums import CallLike, Key, MapKey, MapSum
+from shapetrace.maps.rows import RowLabel, batch_rows
 
-__all__ = ["AttentionStore", "MapSum", "RowLabel", "batch_rows"]
+__all__ = ["PLACES", "AttentionStore", "Key", "MapKey", "MapSum", "RowLabel", "batch_rows"]
 
-Resolution = tuple[int, int]
-Key = tuple[str, str, Resolution]  # (place, kind, (h, w))
-PLACES = ("down", "mid", "up")
-
-
-class _Layer(Protocol):
-    name: str
-    kind: str
-    place: str
-    resolution: tuple[int, int] | None
-    heads: int
-
-
-class _Call(Protocol):
-    layer: Any
-    query_heads: torch.Tensor
-    key_heads: torch.Tensor
-    probs: torch.Tensor | None
-
-    def compute_probs(
-        self, dtype: torch.dtype = ..., rows: torch.Tensor | None = ...
-    ) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class RowLabel:
-    """What one row of the UNet's batch is: ``branch`` "uncond", "cond" or "single" (no CFG),
-    the prompt index and the image index within that prompt."""
-
-    row: int
-    branch: str
-    prompt: int
-    image: int
-
-    def __str__(self) -> str:
-        return f"row {self.row}: {self.branch} prompt {self.prompt} image {self.image}"
-
-
-def batch_rows(
-    prompts: int = 1, *, images_per_prompt: int = 1, guidance: bool = True
-) -> tuple[RowLabel, ...]:
-    """Labels of the batch diffusers builds: with guidance [uncond..., cond...], prompt-major.
-
-    >>> [r.branch for r in batch_rows(2, guidance=True)]
-    ['uncond', 'uncond', 'cond', 'cond']
-    """
-    if prompts < 1 or images_per_prompt < 1:
-        raise InputShapeError(
-            f"need at least one prompt and one image, got prompts={prompts}, "
-            f"images_per_prompt={images_per_prompt}"
-        )
-    branches = ("uncond", "cond") if guidance else ("single",)
-    out: list[RowLabel] = []
-    for branch in branches:
-        for p in range(prompts):
-            for i in range(images_per_prompt):
-                out.append(RowLabel(len(out), branch, p, i))
-    return tuple(out)
-
-
-@dataclass
-class MapSum:
-    """Running sum of head-summed probabilities for one (place, kind, resolution).
-
-    ``total`` is (rows kept, h*w, M) float32; ``count`` the number of head maps added (calls x
-    heads), so ``total / count`` is the mean over heads, layers and steps. ``layers`` names
-    the layers that contributed.
-    """
-
-    total: torch.Tensor
-    count: int = 0
-    calls: int = 0
-    layers: set[str] = field(default_factory=set)
-
-    def mean(self) -> torch.Tensor:
-        return self.total / max(self.count, 1)
+PLACES = ("down", "mid", "up")  # a UNet's places
 
 
 class AttentionStore:
     """A probe for ``shapetrace.trace`` that accumulates attention maps.
 
-    Rows: ``for_batch(P, guidance=True)`` labels the batch [uncond x P, cond x P]; then
-    ``aggregate(res, select=i)`` is prompt i's conditional row, never an unconditional one,
-    and a forward whose batch differs from the labels is refused naming the layer.
-
     Args:
-        rows: labels of the UNet's batch rows (see ``batch_rows``); None labels each row
-            "single" with prompt = row (no guidance).
-        kinds: which attention kinds to keep, default ("cross",).
-        places: which UNet places, default ("down", "mid", "up").
-        resolutions: keep only these (h, w) (or int side) resolutions; None keeps all.
-        keep: "cond" keeps conditional (and "single") rows only, as prompt-to-prompt does;
-            "all" keeps every row.
+        rows: labels of the batch rows (``batch_rows``); None labels each row "single" with
+            prompt = row (no guidance), afresh at each window.
+        kinds: attention kinds kept, from "cross", "self", "joint" (default cross and joint:
+            a joint layer's image-query x text-key block is cross-attention).
+        places: from "down", "mid", "up", "transformer", "single", "text", "model"; the default
+            is every place with an image grid (all but "text").
+        resolutions: keep only these grids (a side or (h, w)); None keeps all.
+        keep: "cond" keeps conditional (and "single") rows, as prompt-to-prompt; "all" all.
+        window: "run", "step" or "forward" (see the module's doc).
+        detail: "resolution", "layer" or "head": what one running sum holds.
+        grad: keep the autograd graph (the forward must run with gradients enabled).
+
+    Every setting is checked here; a bad one raises ``InputShapeError`` naming it.
     """
 
     def __init__(
         self,
         *,
         rows: Sequence[RowLabel] | None = None,
-        kinds: Iterable[str] = ("cross",),
-        places: Iterable[str] = PLACES,
+        kinds: Iterable[str] = DEFAULT_KINDS,
+        places: Iterable[str] = DEFAULT_PLACES,
         resolutions: Iterable[int | Resolution] | None = None,
-        keep: Literal["cond", "all"] = "cond",
+        keep: str = "cond",
+        window: Window = "run",
+        detail: Detail = "resolution",
+        grad: bool = False,
     ) -> None:
-        self.kinds = tuple(kinds)
-        self.places = tuple(places)
-        bad = [k for k in self.kinds if k not in ("cross", "self")]
-        if bad:
-            raise InputShapeError(f"kinds must be 'cross' or 'self', got {bad}")
-        self.resolutions = (
-            None if resolutions is None else frozenset(_as_res(r) for r in resolutions)
-        )
-        if keep not in ("cond", "all"):
-            raise InputShapeError(f"keep must be 'cond' or 'all', got {keep!r}")
-        self.keep = keep
-        self.rows: tuple[RowLabel, ...] | None = tuple(rows) if rows is not None else None
-        self.entries: dict[Key, MapSum] = {}
+        self.kinds = check_names("kinds", kinds, KINDS)
+        self.places = check_names("places", places, ALL_PLACES)
+        self.resolutions = check_resolutions(resolutions)
+        self.keep = check_choice("keep", keep, ("cond", "all"))
+        self.window: Window = check_choice("window", window, WINDOWS)  # type: ignore[assignment]
+        self.detail: Detail = check_choice("detail", detail, DETAILS)  # type: ignore[assignment]
+        self.grad = check_flag("grad", grad)
+        self._auto_rows = rows is None
+        self.rows: tuple[RowLabel, ...] | None = None if rows is None else _rows.check_rows(rows)
+        self.entries: dict[MapKey, MapSum] = {}
         self.errors: list[Exception] = []
         self.steps = 0
+        self.forwards = 0
+        self.latent: tuple[int, int, int] | None = None  # (C, H, W) of the last captured input
+        self._largest: Resolution | None = None
+        self._stale = False
+        self._open = 0  # calls since the last forward boundary
+        self._seen: set[tuple[str, int]] = set()
 
     @classmethod
     def for_batch(
-        cls, prompts: int = 1, *, images_per_prompt: int = 1, guidance: bool = True, **kwargs: Any
+        cls,
+        prompts: int = 1,
+        *,
+        images_per_prompt: int = 1,
+        guidance: bool = True,
+        shared_uncond: bool = False,
+        **kwargs: Any,
     ) -> AttentionStore:
         """A store whose rows are labelled for ``prompts`` prompts, with or without CFG."""
-        rows = batch_rows(prompts, images_per_prompt=images_per_prompt, guidance=guidance)
+        rows = batch_rows(
+            prompts, images_per_prompt=images_per_prompt, guidance=guidance,
+            shared_uncond=shared_uncond,
+        )
         return cls(rows=rows, **kwargs)
 
+    def __repr__(self) -> str:
+        res = "all" if self.resolutions is None else sorted(self.resolutions)
+        return (
+            f"AttentionStore(kinds={self.kinds}, places={self.places}, resolutions={res}, "
+            f"keep={self.keep!r}, window={self.window!r}, detail={self.detail!r}, "
+            f"grad={self.grad}, maps={len(self.entries)})"
+        )
+
     # -- the probe protocol ---------------------------------------------------------------
-    def wants(self, layer: _Layer) -> bool:
-        """Whether the store keeps maps of ``layer`` (kind, place and resolution filters)."""
+    def selects(self, layer: Any) -> bool:
+        """Whether ``layer`` passes the kind, place and resolution filters (no side effect)."""
         if layer.kind not in self.kinds or layer.place not in self.places:
             return False
         if self.resolutions is None:
             return True
         return layer.resolution is not None and tuple(layer.resolution) in self.resolutions
 
-    def on_attention(self, call: _Call) -> None:
-        """Add one call's probabilities, (B, H, N, M) summed over heads, to its running sum.
+    def wants(self, layer: Any) -> bool:
+        """The tracer asks this before each call; it also notes the largest grid seen."""
+        self._note_grid(getattr(layer, "resolution", None))
+        return self.selects(layer)
 
-        An error is raised and also kept: ``check()`` (called by ``end_step`` and
-        ``aggregate``) raises it again, so a tracer that shields the forward from probe
+    def _note_grid(self, res: Any) -> None:
+        if res is not None and (self._largest is None or res[0] * res[1] > _area(self._largest)):
+            self._largest = (int(res[0]), int(res[1]))
+
+    def on_attention(self, call: CallLike) -> None:
+        """Add one call's probabilities (B, H, N, M) to its running sum.
+
+        An error is raised and also kept: ``check()`` (called by ``end_step``, ``end_forward``
+        and every reader) raises it again, so a tracer that shields the forward from probe
         errors cannot turn it into a silently empty store.
         """
         try:
@@ -180,16 +169,20 @@ class AttentionStore:
         if self.errors:
             raise self.errors[0]
 
-    def _add(self, call: _Call) -> None:
+    def _add(self, call: CallLike) -> None:
         layer = call.layer
-        if not self.wants(layer):
+        self._note_grid(layer.resolution)
+        if not self.selects(layer):
             return
-        b, heads, n, _ = call.query_heads.shape
-        m = call.key_heads.shape[2]
+        b, heads = call.query_heads.shape[:2]
+        # a joint layer's cross block: its image queries and text keys (None: every token)
+        n = _span(getattr(call, "query_tokens", None), call.query_heads.shape[2])
+        m = _span(getattr(call, "key_tokens", None), call.key_heads.shape[2])
         if layer.resolution is None:
             raise ShapeTraceError(
                 f"layer {layer.name!r} has no resolution (query {tuple(call.query_heads.shape)}); "
-                "the store needs the layer's (h, w) from its feature map"
+                "the store needs the layer's (h, w) from its feature map; leave its place "
+                f"{layer.place!r} out of places= or keep only some resolutions="
             )
         h, w = (int(x) for x in layer.resolution)
         if h * w != n:
@@ -197,113 +190,192 @@ class AttentionStore:
                 f"layer {layer.name!r}: resolution {h}x{w} has {h * w} pixels but the query "
                 f"has N={n} tokens (query_heads {tuple(call.query_heads.shape)})"
             )
+        if self.grad and not torch.is_grad_enabled():
+            raise ShapeTraceError(
+                f"layer {layer.name!r}: the store keeps gradients (grad=True) but the forward "
+                "runs under torch.no_grad(); run it under torch.enable_grad() with "
+                "latents.requires_grad_(True), or build the store with grad=False"
+            )
+        if self._stale:
+            self._open_window()
+        self._mark_call(layer)
         kept = self._kept_rows(b, layer.name)
-        with torch.no_grad():
-            index = torch.tensor([r.row for r in kept], device=call.query_heads.device)
-            probs = call.compute_probs(torch.float32, rows=index)  # only the kept rows
+        index = torch.tensor([r.row for r in kept], device=call.query_heads.device)
+        with torch.set_grad_enabled(self.grad):
+            probs = call.compute_probs(torch.float32, rows=index, grad=self.grad)
             if tuple(probs.shape) != (len(kept), heads, n, m):
                 raise ShapeTraceError(
                     f"layer {layer.name!r}: probabilities {tuple(probs.shape)} for rows "
                     f"{index.tolist()}, expected (R, H, N, M) = {(len(kept), heads, n, m)}"
                 )
-            summed = probs.sum(dim=1)  # (R, N, M)
-            key: Key = (layer.place, layer.kind, (h, w))
+            part = probs if self.detail == "head" else probs.sum(dim=1)  # (R, [H,] N, M)
+            name = "" if self.detail == "resolution" else str(layer.name)
+            key = MapKey(layer.place, layer.kind, (h, w), name)
             entry = self.entries.get(key)
             if entry is None:
-                entry = MapSum(total=torch.zeros_like(summed))
-                self.entries[key] = entry
-            elif entry.total.shape != summed.shape:
+                total = part if self.grad else part.detach().clone()
+                entry = self.entries[key] = MapSum(total=total, heads=heads)
+            elif entry.total.shape != part.shape:
                 raise ShapeTraceError(
-                    f"layer {layer.name!r}: maps {tuple(summed.shape)} do not match the "
-                    f"{tuple(entry.total.shape)} already stored for {key}; the context length "
-                    "or batch changed mid-run: call store.reset() between runs"
+                    f"layer {layer.name!r}: maps {tuple(part.shape)} do not match the "
+                    f"{tuple(entry.total.shape)} already stored for {tuple(key)}; the context "
+                    "length or batch changed within one window: call store.reset() between runs"
                 )
-            entry.total += summed
+            elif self.grad:
+                entry.total = entry.total + part
+            else:
+                entry.total.add_(part)
         entry.count += heads
         entry.calls += 1
-        entry.layers.add(layer.name)
+        entry.layers.add(str(layer.name))
+
+    def _mark_call(self, layer: Any) -> None:
+        """Count the call; in a "forward" window refuse a layer call seen twice."""
+        self._open += 1
+        if self.window != "forward":
+            return
+        mark = (str(layer.name), int(getattr(layer, "call", 0) or 0))
+        if mark in self._seen:
+            raise InputShapeError(
+                f"layer {layer.name!r} ran twice in one forward window (window='forward'): "
+                "end each forward with store.end_forward(), or run it as "
+                "`with store.capture(unet): unet(...)`"
+            )
+        self._seen.add(mark)
+
+    def _open_window(self) -> None:
+        self.entries.clear()
+        self._seen.clear()
+        self._stale = False
+        if self._auto_rows:
+            self.rows = None
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _kept_rows(self, batch: int, layer_name: str) -> tuple[RowLabel, ...]:
         if self.rows is None:  # unlabelled: every row is its own prompt, no guidance
             self.rows = batch_rows(batch, guidance=False)
-        rows = self.rows
-        if len(rows) != batch:
-            branches = sorted({r.branch for r in rows})
+        if len(self.rows) != batch:
+            branches = sorted({r.branch for r in self.rows})
             raise InputShapeError(
-                f"layer {layer_name!r} got batch {batch} but the store was told {len(rows)} "
-                f"rows ({', '.join(branches)}); build it with AttentionStore.for_batch(prompts, "
-                "guidance=...) matching the UNet's batch"
+                f"layer {layer_name!r} got batch {batch} but the store was told "
+                f"{len(self.rows)} rows ({', '.join(branches)}); build it with "
+                "AttentionStore.for_batch(prompts, guidance=...) matching the model's batch"
             )
-        if self.keep == "all":
-            return rows
-        return tuple(r for r in rows if r.branch != "uncond")
+        return _rows.kept(self.rows, self.keep)
 
     @property
     def kept_rows(self) -> tuple[RowLabel, ...]:
         """Labels of the rows the running sums hold, in their order (needs known rows)."""
         if self.rows is None:
             raise ShapeTraceError("the store's rows are not labelled yet; no call has been seen")
-        return self._kept_rows(len(self.rows), "")
+        return _rows.kept(self.rows, self.keep)
 
     def row_position(self, select: int, *, image: int = 0, branch: str | None = None) -> int:
-        """Position, among the kept rows, of prompt ``select``'s conditional row.
+        """Position, among the kept rows, of prompt ``select``'s conditional row
+        (``branch="uncond"`` its unconditional row, which needs keep="all")."""
+        return _rows.position(self.kept_rows, select, image=image, branch=branch)
 
-        ``branch`` None means "cond" (or "single" without guidance); "uncond" needs keep="all".
-        """
-        kept = self.kept_rows
-        wanted = ("cond", "single") if branch is None else (branch,)
-        for pos, r in enumerate(kept):
-            if r.prompt == select and r.image == image and r.branch in wanted:
-                return pos
-        have = "; ".join(str(r) for r in kept) or "none"
+    @property
+    def latent_size(self) -> Resolution:
+        """(H, W) of the latent: what ``capture`` saw enter the model, else the largest
+        attention grid seen (the latent for SD 1.x/2.x UNets)."""
+        if self.latent is not None:
+            return (self.latent[1], self.latent[2])
+        if self._largest is not None:
+            return self._largest
         raise ShapeTraceError(
-            f"no stored row for prompt {select}, image {image}, branch {'/'.join(wanted)}; "
-            f"kept rows: {have}"
+            "the store has seen no forward yet, so it knows no latent size; run a forward "
+            "inside `with store.capture(model):` first, or pass latent_size= explicitly"
         )
 
-    def end_step(self) -> None:
-        """Mark the end of one denoising step (counted for reports; sums are already running).
-
-        Raises the error of a failed call, if one failed during the step.
-        """
+    # -- boundaries ----------------------------------------------------------------------
+    def end_forward(self) -> None:
+        """Mark the end of one forward: a "forward" window closes (its maps stay readable
+        until the next call). Raises the error of a failed call, if one failed."""
+        self._boundary()
         self.check()
+
+    def _boundary(self) -> None:
+        if self._open:
+            self.forwards += 1
+            self._open = 0
+            if self.window == "forward":
+                self._stale = True
+
+    def end_step(self) -> None:
+        """Mark the end of one denoising step (also the end of a forward): a "step" window
+        closes. Raises the error of a failed call, if one failed during the step."""
+        self.end_forward()
         self.steps += 1
+        if self.window == "step":
+            self._stale = True
 
     def reset(self) -> None:
-        """Forget every stored map and error (the filters and row labels stay)."""
-        self.entries.clear()
+        """Forget every stored map, error and count (the settings and row labels stay)."""
+        self._open_window()
         self.errors.clear()
-        self.steps = 0
+        self.steps = self.forwards = self._open = 0
+        self.latent = self._largest = None
 
+    @contextmanager
+    def capture(
+        self, model: nn.Module, *, monitors: bool = False, probes: Iterable[Any] = ()
+    ) -> Iterator[Any]:
+        """Trace ``model`` with this store as probe for the block; yields the journey.
+
+        Each forward of ``model`` in the block is a forward boundary, and so is the end of
+        the block; the input's (C, H, W) is noted as the latent. Other stores among ``probes``
+        get the same boundaries and latent. Hooks go when the block ends.
+
+        >>> with store.capture(unet):                                  # doctest: +SKIP
+        ...     unet(latents, t, encoder_hidden_states=context)
+        """
+        from shapetrace.tracing import trace
+
+        if not isinstance(model, nn.Module):
+            raise InputShapeError(
+                f"capture() takes the model (an nn.Module, e.g. pipe.unet), got "
+                f"{type(model).__name__}"
+            )
+
+        probes = (self, *probes)
+        stores = [p for p in probes if isinstance(p, AttentionStore)]
+
+        def starts(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+            for store in stores:
+                store._boundary()
+                if isinstance(x, torch.Tensor) and x.dim() == 4:
+                    store.latent = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+
+        handle = model.register_forward_pre_hook(starts, with_kwargs=True)
+        try:
+            with trace(model, probes=probes, monitors=monitors) as journey:
+                yield journey
+        finally:
+            handle.remove()
+            for store in stores:
+                store._boundary()
+        for store in stores:
+            store.check()
+
+    # -- what it holds -------------------------------------------------------------------
     def available(self) -> dict[tuple[str, str], list[Resolution]]:
-        """Resolutions stored per (place, kind), e.g. {("up", "cross"): [(16, 16), (32, 32)]}."""
-        out: dict[tuple[str, str], list[Resolution]] = {}
-        for place, kind, res in self.entries:
-            out.setdefault((place, kind), []).append(res)
+        """Grids stored per (place, kind), e.g. {("up", "cross"): [(16, 16), (32, 32)]}."""
+        out: dict[tuple[str, str], set[Resolution]] = {}
+        for key in self.entries:
+            out.setdefault((key.place, key.kind), set()).add(key.resolution)
         return {k: sorted(v) for k, v in out.items()}
 
     def nbytes(self) -> int:
-        """Bytes the running sums hold now."""
+        """Bytes the running sums hold now (not counting an autograd graph behind them)."""
         return sum(e.total.numel() * e.total.element_size() for e in self.entries.values())
 
-    def aggregate(
-        self,
-        res: int | Resolution,
-        from_where: Sequence[str] = ("up", "down"),
-        is_cross: bool = True,
-        select: int = 0,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Prompt-to-prompt's aggregate; see ``shapetrace.maps.aggregation.aggregate``."""
-        from shapetrace.maps.aggregation import aggregate
 
-        return aggregate(self, res, from_where, is_cross, select, **kwargs)
+def _area(res: Resolution) -> int:
+    return res[0] * res[1]
 
 
-def _as_res(res: int | Sequence[int]) -> Resolution:
-    """An int side or an (h, w) pair as (h, w)."""
-    if isinstance(res, int):
-        return (res, res)
-    h, w = res
-    return (int(h), int(w))
+def _span(tokens: slice | None, total: int) -> int:
+    """How many of ``total`` tokens a slice selects (all of them for None)."""
+    return total if tokens is None else len(range(*tokens.indices(total)))
