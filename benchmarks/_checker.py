@@ -1,4 +1,4 @@
-"""Benchmark 4: what a check costs a user's CI, under the ``ci`` profile, one torch thread.
+"""Benchmark 6: what a check costs a user's CI, under the ``ci`` profile, one torch thread.
 
 Timed: ``check_attention_module`` on a correct module (shapetrace's SDPA cross-attention),
 ``check_attn_processor`` on a correct processor of each kind (diffusers' ``AttnProcessor2_0``
