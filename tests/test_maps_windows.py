@@ -97,7 +97,8 @@ def test_capture_marks_each_forward_notes_the_latent_and_leaves_the_model_as_it_
         tiny(x, 500, encoder_hidden_states=context[1])  # two forwards in one block
     with torch.no_grad(), alone.capture(tiny):
         tiny(x, 500, encoder_hidden_states=context[1])
-    assert last.forwards == 2 and len(journey.layers) == 64
+    assert last.forwards == 2 and len(journey.layers) == 32  # one record per signature...
+    assert {layer.calls for layer in journey.layers} == {2}  # ...standing for both forwards
     assert last.latent == (4, 8, 12) and last.latent_size == (8, 12)
     torch.testing.assert_close(aggregate(last, (4, 6)), aggregate(alone, (4, 6)))
     assert hook_count(tiny) == hooks and same_state(tiny, state)

@@ -198,7 +198,7 @@ class AttentionStore:
             )
         if self._stale:
             self._open_window()
-        self._mark_call(layer)
+        self._mark_call(layer, call)
         kept = self._kept_rows(b, layer.name)
         index = torch.tensor([r.row for r in kept], device=call.query_heads.device)
         with torch.set_grad_enabled(self.grad):
@@ -229,12 +229,15 @@ class AttentionStore:
         entry.calls += 1
         entry.layers.add(str(layer.name))
 
-    def _mark_call(self, layer: Any) -> None:
+    def _mark_call(self, layer: Any, call: Any) -> None:
         """Count the call; in a "forward" window refuse a layer call seen twice."""
         self._open += 1
         if self.window != "forward":
             return
         mark = (str(layer.name), int(getattr(layer, "call", 0) or 0))
+        index = getattr(call, "call_index", None)  # the tracer's own count of this call
+        if index is not None:
+            mark = (str(layer.name), int(index))
         if mark in self._seen:
             raise InputShapeError(
                 f"layer {layer.name!r} ran twice in one forward window (window='forward'): "

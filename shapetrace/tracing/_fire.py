@@ -85,13 +85,17 @@ def fire_probes(probes: Sequence[Probe], state: CallState, record: LayerRecord) 
     )
     total = main.scale if main.scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scale = total / main.kept_scale  # q and k as kept already carry their own factors
-    call = AttentionCall(record, q, k, scale, mask, probs, rows, cols)
+    call = AttentionCall(record, q, k, scale, mask, probs, rows, cols, state.call)
     for probe in wanted:
         probe.on_attention(call)
 
 
 def fire_planned(
-    probes: Sequence[Probe], plan: Plan, captures: dict[int, torch.Tensor], record: LayerRecord
+    probes: Sequence[Probe],
+    plan: Plan,
+    captures: dict[int, torch.Tensor],
+    record: LayerRecord,
+    call_index: int,
 ) -> None:
     """Give the wanting probes a call that ran without the recorder: q and k rebuilt from its
     projections' outputs through the plan learned on a recorded call of its signature."""
@@ -110,6 +114,6 @@ def fire_planned(
     if plan.causal:
         n, m = q.shape[2], k.shape[2]
         mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril(diagonal=m - n)[None, None]
-    call = AttentionCall(record, q, k, plan.scale, mask)
+    call = AttentionCall(record, q, k, plan.scale, mask, call_index=call_index)
     for probe in wanted:
         probe.on_attention(call)

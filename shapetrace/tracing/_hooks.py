@@ -223,7 +223,7 @@ class CallHooks:
                     self._check_values(kept, out)
                 plan = frame.learned.plan
                 if plan is not None and self.probes and self._wants(frame.key, record):
-                    fire_planned(self.probes, plan, frame.captures, kept)
+                    fire_planned(self.probes, plan, frame.captures, kept, frame.call)
             return
         if self.session.calls and self.session.calls[-1] is frame:
             self.session.calls.pop()

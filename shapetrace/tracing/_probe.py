@@ -39,7 +39,9 @@ class AttentionCall:
     the score computation (every token: in joint attention the image and text tokens in the
     model's order). ``probs`` is (B, H, N, M) when the code materialized it. ``query_tokens``
     and ``key_tokens`` select the layer's cross block: the image queries and the text keys of
-    a joint layer (None: every query, every key).
+    a joint layer (None: every query, every key). ``call_index`` counts this layer's calls in
+    the trace (``layer`` is the journey's record, which stands for every call of one input
+    signature).
     """
 
     layer: LayerRecord
@@ -50,6 +52,7 @@ class AttentionCall:
     probs: torch.Tensor | None = None
     query_tokens: slice | None = None
     key_tokens: slice | None = None
+    call_index: int = 0  # this call of the layer, counted from 0 in the trace
 
     def compute_probs(
         self,
