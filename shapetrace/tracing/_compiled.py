@@ -65,7 +65,8 @@ def shadow_hook(
                 handle.remove()
             del tracer._handles[start:]
             tracer._captured.clear()
-        seen[key] = list(dict.fromkeys(hooks.journal.touched))
+        touched = hooks.journal.touched
+        seen[key] = list({id(r): r for r in touched}.values())
         hooks.journal.touched = None
 
     return pre

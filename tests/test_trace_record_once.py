@@ -1,0 +1,145 @@
+"""Recording once per input signature gives the journey of recording every call: the same
+layers, kinds, grids and stage shapes, the same probabilities for probes, a new record when
+the signature changes, a fresh look after the model changes; and torch.compile'd models are
+traced without recompiling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import shapetrace
+from shapetrace.journey import Journey
+from shapetrace.models import build_model
+from tests._helpers import hook_count
+
+
+def contract(journey: Journey) -> list[tuple]:
+    return [
+        (
+            x.name,
+            x.kind,
+            x.place,
+            x.resolution,
+            x.heads,
+            x.head_dim,
+            x.processor,
+            tuple((s.name, s.shape) for s in x.stages),
+        )
+        for x in journey.layers
+    ]
+
+
+def run(model, inputs, **options) -> Journey:
+    with torch.no_grad(), shapetrace.trace(model, **options) as journey:
+        for args, kwargs in inputs:
+            model(*args, **kwargs)
+    return journey
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, torch.Tensor]] = []
+
+    def on_attention(self, call) -> None:
+        self.seen.append((call.layer.name, call.call_index, call.compute_probs(torch.float64)))
+
+
+@pytest.mark.parametrize(
+    ("name", "device", "size"),
+    [("sd15", "meta", 256), ("tiny", "cpu", 64), ("reference", "cpu", 128)],
+)
+def test_repeated_calls_give_the_every_call_journey(name, device, size) -> None:
+    built = build_model(name, device=device, seed=0)
+    inputs = [built.inputs(size, size, 2, seed=s) for s in range(3)]
+    every = run(built.module, inputs, every_call=True)
+    once = run(built.module, inputs)
+    n = len(once.layers)
+    assert len(every.layers) == 3 * n and {x.calls for x in once.layers} == {3}
+    for call in range(3):  # every call of every layer took the recorded path
+        assert contract(Journey(every.layers[call * n : (call + 1) * n])) == contract(once)
+    again = run(built.module, inputs)  # a later trace: nothing recorded op by op
+    assert contract(again) == contract(once) and {x.calls for x in again.layers} == {3}
+    assert hook_count(built.module) == 0
+
+
+def test_probes_see_the_same_probabilities_on_recorded_and_repeated_calls() -> None:
+    built = build_model("tiny", device="cpu", seed=0)
+    inputs = [built.inputs(64, 64, 2, seed=s) for s in range(3)]
+    every, once = Collect(), Collect()
+    run(built.module, inputs, every_call=True, probes=[every], monitors=False)
+    run(built.module, inputs, probes=[once], monitors=False)
+    assert [(n, i) for n, i, _ in once.seen] == [(n, i) for n, i, _ in every.seen]
+    assert len(once.seen) == 96 and {i for _n, i, _p in once.seen} == {0, 1, 2}
+    for (_n, _i, a), (_m, _j, b) in zip(every.seen, once.seen):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_a_changed_signature_gets_its_own_record() -> None:
+    built = build_model("tiny", device="cpu", seed=0)
+    sizes = [64, 32, 64, 64, 32]
+    inputs = [built.inputs(s, s, 2, seed=i) for i, s in enumerate(sizes)]
+    once = run(built.module, inputs)
+    every = run(built.module, inputs, every_call=True)
+    assert len(once.layers) == 64  # each layer at two sizes
+    by_size = {
+        x.resolution: x
+        for x in once.layers
+        if x.name.endswith("down_blocks.0.attentions.0.transformer_blocks.0.attn2")
+    }
+    assert by_size[(8, 8)].calls == 3 and by_size[(4, 4)].calls == 2
+    first_of_each = [x for x in every.layers if x.call in (0, 1)]
+    assert contract(Journey(first_of_each)) == contract(once)
+
+
+def test_a_changed_model_or_processor_is_looked_at_again() -> None:
+    from diffusers.models.attention_processor import AttnProcessor
+
+    built = build_model("tiny", device="cpu", seed=0)
+    inputs = [built.inputs(64, 64, 2)]
+    before = run(built.module, inputs)
+    built.module.set_attn_processor(AttnProcessor())  # a new processor object: new signatures
+    after = run(built.module, inputs)
+    assert {x.processor for x in before.layers} == {"AttnProcessor2_0"}
+    assert {x.processor for x in after.layers} == {"AttnProcessor"}
+    assert after.layers[0].stage("scores").layout == "(B*H, N, M) batch-major"
+    built.module.fuse_qkv_projections()  # new modules in the tree: found again
+    fused = run(built.module, inputs)
+    assert "to_qkv" in fused.layers[0].stage("query").op
+
+
+def test_monitor_every_checks_a_sample_and_says_how_many() -> None:
+    built = build_model("tiny", device="cpu", seed=0)
+    inputs = [built.inputs(64, 64, 2, seed=s) for s in range(5)]
+    run(built.module, inputs)  # the signatures are known from here on
+    default = run(built.module, inputs)
+    sampled = run(built.module, inputs, monitor_every=2)  # calls 1, 3 and 5
+    assert {(x.calls, x.checked) for x in default.layers} == {(5, 1)}  # finiteness of call 1
+    assert {(x.calls, x.checked) for x in sampled.layers} == {(5, 3)}
+    assert all(c.name != "rows_sum_to_one" for x in default.layers for c in x.checks)
+    with pytest.raises(shapetrace.ShapeTraceError, match="monitor_every=0"):
+        shapetrace.trace(built.module, monitor_every=0)
+
+
+def test_a_compiled_model_is_traced_without_recompiling() -> None:
+    from torch._dynamo.utils import counters
+
+    from shapetrace.reference import CrossAttention
+
+    torch.manual_seed(0)
+    model = CrossAttention(64, 32, num_heads=4).eval()
+    compiled = torch.compile(model, backend="eager")
+    x, context = torch.randn(2, 10, 64), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        plain = compiled(x, context)  # compiles
+        graphs = counters["stats"]["unique_graphs"]
+        with shapetrace.trace(compiled) as journey:
+            first, second = compiled(x, context), compiled(x, context)
+        assert counters["stats"]["unique_graphs"] == graphs  # no recompile
+        assert torch.equal(first, plain) and torch.equal(second, plain)
+        eager = run(model, [((x, context), {})])
+    assert contract(journey) == contract(eager) and journey.layers[0].calls == 2
+    assert hook_count(model) == 0 and hook_count(compiled) == 0
+    with pytest.raises(shapetrace.ShapeTraceError, match="probes need every attention call"):
+        with shapetrace.trace(compiled, probes=[Collect()]):
+            pass
