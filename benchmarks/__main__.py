@@ -20,10 +20,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for bench.json and bench.md (default: reports/)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in the workers (default: 1)")
+    parser.add_argument("--device", default=None, metavar="cuda",
+                        help="also time the forwards of section 2 on this device (e.g. cuda)")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    settings = (QUICK if args.quick else FULL).with_threads(args.threads)
+    if args.device not in (None, "cpu"):
+        import torch
+
+        if not args.device.startswith("cuda") or not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: torch sees no CUDA device here "
+                         f"(torch {torch.__version__}); run without --device")
+    settings = (QUICK if args.quick else FULL).with_threads(args.threads).with_device(args.device)
 
     def progress(msg: str) -> None:
         print(f"bench: {msg}", file=sys.stderr, flush=True)

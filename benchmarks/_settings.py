@@ -21,6 +21,7 @@ class Settings:
     mode: str
     isolated: bool
     threads: int
+    devices: tuple[str, ...] = ("cpu",)  # where section 2's forwards run (cuda: --device)
     # 1. the SD 1.5 journey on meta: shapetrace.trace against torchinfo.summary
     meta_model: str = "sd15"
     meta_size: tuple[int, int, int] = (512, 512, 1)  # height, width, batch
@@ -46,7 +47,12 @@ class Settings:
     # 5. journeys on meta against a plain meta forward (native size)
     meta_forward_models: tuple[str, ...] = ("sd15", "sdxl", "flux")
     meta_forward_pairs: int = 7
-    timeout_s: int = 900
+    # 7. torch.compile: a compiled model traced vs untraced (inductor; --quick: eager backend)
+    compile_model: str = "tiny"
+    compile_size: tuple[int, int, int] = (64, 64, 2)
+    compile_backend: str = "inductor"
+    compile_pairs: int = 15
+    timeout_s: int = 1500
     # memory workers: large blocks are mmapped and unmapped on free, so peak RSS follows live
     # memory instead of what glibc keeps cached (isolated runs only)
     memory_env: tuple[tuple[str, str], ...] = (("MALLOC_MMAP_THRESHOLD_", "65536"),)
@@ -54,6 +60,10 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON."""
         return asdict(self)
+
+    def with_device(self, device: str | None) -> Settings:
+        """A copy that also runs section 2's forwards on ``device`` (None: CPU only)."""
+        return self if device in (None, "cpu") else replace(self, devices=("cpu", str(device)))
 
     def with_threads(self, threads: int | None) -> Settings:
         """A copy using ``threads`` torch threads (None keeps these settings' choice)."""
@@ -78,5 +88,7 @@ QUICK = Settings(
     meta_forward_pairs=1,
     checker_reps=1,
     checker_warmup=0,
+    compile_backend="eager",
+    compile_pairs=1,
     timeout_s=300,
 )

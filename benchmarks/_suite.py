@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import _checker, _cpu, _machine, _maps, _meta, _meta_forward
+from benchmarks import _checker, _compile, _cpu, _machine, _maps, _meta, _meta_forward
 from benchmarks._runner import run_specs
 from benchmarks._settings import Settings
 from benchmarks._stats import median
@@ -52,8 +52,9 @@ def run_bench(
     meta_forward = _meta_forward.specs(settings)
     checker = _checker.specs(settings)
     policies = _maps.policy_specs(settings)
+    compiled = _compile.specs(settings)
     tasks = [*meta_timing, *meta_memory, *cpu, *maps_memory, *maps_timing, *policies,
-             *meta_forward, *checker]
+             *meta_forward, *checker, *compiled]
     results = run_specs(
         tasks,
         isolated=settings.isolated,
@@ -72,6 +73,7 @@ def run_bench(
         *_maps.policy_rows(settings, of("maps_policy")),
         *_meta_forward.rows(settings, of("meta_forward")),
         *_checker.rows(settings, of("checker_time")),
+        *_compile.rows(settings, of("compile_time")),
     ]
     with_target = [r for r in rows if r["target"] is not None]
     return {

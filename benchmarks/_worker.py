@@ -20,9 +20,10 @@ __all__ = ["TASKS", "main", "run_task"]
 
 
 def _tasks() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-    from benchmarks import _checker, _cpu, _maps, _meta, _meta_forward
+    from benchmarks import _checker, _compile, _cpu, _maps, _meta, _meta_forward
 
     return {
+        "compile_time": _compile.time_task,
         "checker_time": _checker.time_task,
         "meta_forward": _meta_forward.time_task,
         "meta_time": _meta.time_task,
@@ -36,7 +37,7 @@ def _tasks() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
 
 TASKS = (
     "meta_time", "meta_memory", "cpu_time", "maps_memory", "maps_time", "meta_forward",
-    "checker_time", "maps_policy",
+    "checker_time", "maps_policy", "compile_time",
 )
 
 

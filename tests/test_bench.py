@@ -25,7 +25,9 @@ ROW_KEYS = {
 SIDE_KEYS = {"label", "samples", "n", "median", "error"}
 QUICK_IDS = {
     "meta_wall", "meta_cpu", "meta_wall_render", "meta_cpu_render", "meta_rss_cold",
-    "meta_heap_peak", "cpu_tiny_wall", "cpu_tiny_cpu", "maps_rss_delta",
+    "meta_heap_peak", "cpu_tiny_wall", "cpu_tiny_cpu", "cpu_tiny_capture_wall",
+    "cpu_tiny_capture_cpu", "projected_gpu_sd15", "compile_first_call", "compile_warm_wall",
+    "compile_warm_cpu", "maps_rss_delta",
     "maps_rss_delta_uncaptured", "maps_rss_capture", "maps_time_wall", "maps_time_cpu",
     "meta_forward_sd15_wall", "meta_forward_sd15_cpu",
     "checker_module_wall", "checker_module_cpu", "checker_processor_wall",

@@ -143,3 +143,44 @@ def test_a_compiled_model_is_traced_without_recompiling() -> None:
     with pytest.raises(shapetrace.ShapeTraceError, match="probes need every attention call"):
         with shapetrace.trace(compiled, probes=[Collect()]):
             pass
+
+
+class Branchy(torch.nn.Module):
+    """Runs one of two attention layers depending on its input's values: the same input
+    signature can take either path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from shapetrace.reference import CrossAttention
+
+        self.a = CrossAttention(16, 8, num_heads=2)
+        self.b = CrossAttention(16, 8, num_heads=2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.a(x, context) if x.mean() > 0 else self.b(x, context)
+
+
+def test_a_call_off_the_known_path_is_counted_not_guessed_and_the_next_is_recorded() -> None:
+    model = Branchy().eval()
+    context = torch.randn(1, 3, 8)
+    up, down = torch.ones(1, 4, 16), -torch.ones(1, 4, 16)
+    run(model, [((up, context), {})])  # learns the path through `a`
+    off = run(model, [((down, context), {})])  # same signature, through `b`
+    assert off.skipped == {"unrecorded": 1} and off.layers == []
+    again = run(model, [((down, context), {})])  # the stale path was dropped: recorded
+    assert [x.name for x in again.layers] == ["b"] and not again.skipped
+
+
+def test_a_call_the_probes_could_not_be_given_is_an_error_in_the_store() -> None:
+    from shapetrace.maps import AttentionStore
+    from shapetrace.tracing._fire import missed
+
+    store = AttentionStore()
+    record = run(
+        build_model("reference", device="cpu").module,
+        [build_model("reference", device="cpu").inputs(64, 64)],
+    ).layers[0]
+    missed([store], record, "a reason")
+    with pytest.raises(shapetrace.ShapeTraceError, match=r"could not be captured: a reason"):
+        store.check()
+    assert any(c.name == "probes" and not c.ok for c in record.checks)

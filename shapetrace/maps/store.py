@@ -151,6 +151,14 @@ class AttentionStore:
         if res is not None and (self._largest is None or res[0] * res[1] > _area(self._largest)):
             self._largest = (int(res[0]), int(res[1]))
 
+    def on_missed(self, layer: Any, why: str) -> None:
+        """The tracer could not give this store a call it wanted: kept as an error, raised by
+        ``check()`` and every reader, so no map is silently short of a layer."""
+        name = getattr(layer, "name", layer)
+        self.errors.append(
+            ShapeTraceError(f"layer {name!r} ran but its attention could not be captured: {why}")
+        )
+
     def on_attention(self, call: CallLike) -> None:
         """Add one call's probabilities (B, H, N, M) to its running sum.
 

@@ -53,6 +53,17 @@ def _wants(probe: Probe, record: LayerRecord) -> bool:
     return wants is None or bool(wants(record))
 
 
+def missed(probes: Sequence[Probe], record: LayerRecord, why: str) -> None:
+    """A call the probes wanted but could not be given: a failed check on the record, and
+    ``on_missed(layer, why)`` for each probe that has one (the map store keeps it as an
+    error, so no reader sees a map silently short of a layer)."""
+    record.checks.append(Check("probes", False, f"the probes were not given this call: {why}"))
+    for probe in probes:
+        on_missed = getattr(probe, "on_missed", None)
+        if callable(on_missed):
+            on_missed(record, why)
+
+
 def fire_probes(probes: Sequence[Probe], state: CallState, record: LayerRecord) -> None:
     """Give the wanting probes this call's q, k, scale, mask and probabilities. A probe's own
     error is raised: it stops the forward, and the tracer adds a note naming the layer."""
@@ -64,14 +75,7 @@ def fire_probes(probes: Sequence[Probe], state: CallState, record: LayerRecord) 
     q = as_bhtd(main.query, main.q_axis, batch, heads)
     k = as_bhtd(main.key, main.k_axis, batch, heads)
     if q is None or k is None:
-        record.checks.append(
-            Check(
-                "probes",
-                False,
-                "q and k were only seen in slices of the "
-                "heads; the probes were not given this call",
-            )
-        )
+        missed(wanted, record, "q and k were only seen in slices of the heads")
         return
     probs = (
         as_bhtd(main.probs, main.probs.dim() - 2, batch, heads) if main.probs is not None else None
@@ -105,8 +109,7 @@ def fire_planned(
     k_out = captures.get(id(k_module)) if k_module is not None else None
     if not wanted or q_out is None or k_out is None:
         if wanted:
-            record.checks.append(Check("probes", False, "a projection did not run as planned; "
-                                       "the probes were not given this call"))
+            missed(wanted, record, "a projection did not run as the learned plan says")
         return
     q = plan.q.heads(q_out, plan.heads, plan.head_dim)
     k = plan.k.heads(k_out, plan.heads, plan.head_dim)

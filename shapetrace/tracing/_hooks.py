@@ -55,11 +55,12 @@ class FastCall:
 
 @dataclass
 class Deferred:
-    """A finiteness flag left on the device until the trace ends (no sync per layer)."""
+    """A sum left on the device until the trace ends: one isfinite over all of them, one
+    sync, instead of one per layer."""
 
     record: LayerRecord
     name: str
-    finite: torch.Tensor
+    total: torch.Tensor
     what: str
 
 
@@ -94,6 +95,13 @@ class CallHooks:
         self.block_layers: dict[int, tuple[LayerInfo, ...]] = {}
         self.failed: CallState | FastCall | None = None
         self.deferred: list[Deferred] = []
+        self.root_depth = 0
+        self.root_key: Hashable | None = None
+        self.replay: tuple[tuple[str, Hashable, Learned], ...] | None = None
+        self.step = 0
+        self.observed: list[tuple[str, Hashable]] | None = None
+        self.layer_infos: tuple[LayerInfo, ...] = ()
+        self.ensure: Callable[[str], None] = lambda _mode: None
 
     # -- decisions -----------------------------------------------------------------------
     def _sample_due(self, key: Hashable) -> bool:
@@ -119,8 +127,52 @@ class CallHooks:
                 return self.frames.pop(i)
         return None
 
+    # -- the model's own call ----------------------------------------------------------------
+    def root_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A model call whose signature was seen replays its attention calls' keys in order,
+        computing no signature per block or layer (until one does not match)."""
+        self.root_depth += 1
+        if self.root_depth > 1:
+            return
+        processors = tuple(id(getattr(i.module, "processor", None)) for i in self.layer_infos)
+        self.root_key = signature(args, kwargs, processors, module.training)
+        known = self.memory.roots.get(self.root_key)
+        usable = known is not None and not self.every_call and self.monitor_every is None
+        if usable and self.probes:
+            usable = not any(self._needs_recorder(key, learned) for _p, key, learned in known or ())
+        self.replay, self.step = (known if usable else None), 0
+        self.observed = []
+        # with probes, replay through the full hooks: a call off the known path is then
+        # recorded from its own signature instead of being missed
+        self.ensure("full" if self.replay is None or self.probes else "light")
+
+    def root_post(self, *, failed: bool = False) -> None:
+        self.root_depth = max(self.root_depth - 1, 0)
+        if self.root_depth == 0 and self.observed is not None and self.root_key is not None:
+            if not failed and self.root_key not in self.memory.roots:  # a whole call only
+                layers = self.memory.layers
+                steps = [(path, key, layers[key]) for path, key in self.observed if key in layers]
+                if len(steps) == len(self.observed):  # every call of it was understood
+                    self.memory.roots[self.root_key] = tuple(steps)
+            self.replay = self.observed = self.root_key = None
+
+    def _replayed(self, info: LayerInfo) -> tuple[Hashable, Learned] | None:
+        """The next known call, if it is this layer's."""
+        replay = self.replay
+        if replay is None:
+            return None
+        if self.step < len(replay) and replay[self.step][0] == info.path:
+            _path, key, learned = replay[self.step]
+            self.step += 1
+            return key, learned
+        self.replay = None  # the model took another path: compute signatures from here on
+        return None
+
     # -- blocks --------------------------------------------------------------------------
     def block_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.replay is not None:
+            self.frames.append(BlockFrame((id(module), None), False))
+            return
         layers = self.block_layers.get(id(module), ())
         processors = tuple(id(getattr(i.module, "processor", None)) for i in layers)
         key = (id(module), signature(args, kwargs, processors, module.training))
@@ -142,6 +194,15 @@ class CallHooks:
 
     # -- layers --------------------------------------------------------------------------
     def begin(self, info: LayerInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        replayed = self._replayed(info)
+        if replayed is not None:
+            known_key, known = replayed
+            call = self.counts.get(info.name, 0)
+            self.counts[info.name] = call + 1
+            if self.observed is not None:
+                self.observed.append((info.path, known_key))
+            self._fast(info, known_key, known, call)
+            return
         hidden, context, ip = layer_inputs(args, kwargs)
         x = hidden if hidden is not None else first_tensor(args, kwargs)
         if x is None:
@@ -153,6 +214,8 @@ class CallHooks:
         call = self.counts.get(info.name, 0)
         self.counts[info.name] = call + 1
         learned = self.memory.layers.get(key)
+        if self.observed is not None:
+            self.observed.append((info.path, key))
         parent = self._block()
         if parent is not None:
             full = parent.full or learned is None
@@ -161,15 +224,18 @@ class CallHooks:
             full = self.every_call or learned is None or sampled
             full = full or (learned is not None and self._needs_recorder(key, learned))
         if not full and learned is not None:
-            self.frames.append(FastCall(info, key, learned, call))
-            plan, record = learned.plan, learned.record
-            if plan is not None and record is not None and self.probes and self._wants(key, record):
-                for side in (plan.q, plan.k):
-                    module = side.module()
-                    if module is not None:
-                        self.hook_capture(module)
+            self._fast(info, key, learned, call)
             return
         self._begin_full(info, key, call, x, (context, ip), grids, args, kwargs)
+
+    def _fast(self, info: LayerInfo, key: Hashable, learned: Learned, call: int) -> None:
+        self.frames.append(FastCall(info, key, learned, call))  # type: ignore[arg-type]
+        plan, record = learned.plan, learned.record
+        if plan is not None and record is not None and self.probes and self._wants(key, record):
+            for side in (plan.q, plan.k):
+                module = side.module()
+                if module is not None:
+                    self.hook_capture(module)
 
     def _needs_recorder(self, key: Hashable, learned: Learned) -> bool:
         """Probes want this layer and no plan gives them q and k without the recorder."""
@@ -218,7 +284,7 @@ class CallHooks:
                 return
             record = frame.learned.record
             if record is not None:
-                kept = self.journal.repeated(frame.key, record, frame.call)
+                kept = self.journal.repeated(id(frame.learned), record, frame.call)
                 if kept.calls == 1 and self.session.monitors:  # its first call in this trace
                     self._check_values(kept, out)
                 plan = frame.learned.plan
@@ -270,7 +336,7 @@ class CallHooks:
             plan = known.plan
         if parent is not None:
             parent.plans.append(plan is not None)
-        kept = self.journal.recorded(state.key, record)
+        kept = self.journal.recorded(id(self.memory.layers[state.key]), record)
         if self.probes:
             fire_probes(self.probes, state, kept)
         for proj in state.projections.values():  # the outputs were kept for the plan only
@@ -285,14 +351,20 @@ class CallHooks:
                 # inf and NaN survive a sum; a float32 (float64) sum of finite activations does
                 # not overflow, so the flag is exact without a pass of isfinite over every value
                 acc = torch.float64 if t.dtype == torch.float64 else torch.float32
-                flag = torch.isfinite(t.detach().sum(dtype=acc))
-                self.deferred.append(Deferred(record, name, flag, what))
+                self.deferred.append(Deferred(record, name, t.detach().sum(dtype=acc), what))
         record.checked = 1
 
     def resolve(self) -> None:
-        """Read the deferred flags (one sync for the whole trace) into the records' checks."""
+        """Read the deferred sums (one isfinite and one sync per device) into the checks."""
+        groups: dict[tuple[torch.device, torch.dtype], list[Deferred]] = {}
         for item in self.deferred:
-            ok = bool(item.finite)
+            groups.setdefault((item.total.device, item.total.dtype), []).append(item)
+        flags: dict[int, bool] = {}
+        for items in groups.values():
+            sums = torch.stack([i.total for i in items])
+            flags.update(zip((id(i) for i in items), torch.isfinite(sums).tolist()))
+        for item in self.deferred:
+            ok = flags[id(item)]
             detail = f"{item.what} finite" if ok else f"{item.what} has NaN or inf"
             checks = item.record.checks
             at = next((i for i, c in enumerate(checks) if c.name == item.name), None)
@@ -301,6 +373,34 @@ class CallHooks:
             elif checks[at].ok and not ok:
                 checks[at] = Check(item.name, False, detail)
         self.deferred.clear()
+
+    def light_end(self, info: LayerInfo, out: Any) -> None:
+        """A layer finished during a replayed model call (only post-hooks are in): count it,
+        check its output on its first call in the trace, feed the probes. A call off the
+        known path cannot be recorded any more: it is counted as such, and the next model
+        call gets every hook."""
+        replay, step = self.replay, self.step
+        if replay is None or step >= len(replay) or replay[step][0] != info.path:
+            self.journey.skipped["unrecorded"] = self.journey.skipped.get("unrecorded", 0) + 1
+            if self.root_key is not None:
+                self.memory.roots.pop(self.root_key, None)
+            self.replay = None
+            return
+        self.step += 1
+        _path, _key, learned = replay[step]
+        call = self.counts.get(info.name, 0)
+        self.counts[info.name] = call + 1
+        if self.observed is not None:
+            self.observed.append((info.path, _key))
+        record = learned.record
+        if out is None:  # the forward raised inside this layer
+            self.failed = FastCall(info, _key, learned, call)  # type: ignore[arg-type]
+            return
+        if record is None:
+            return
+        kept = self.journal.repeated(id(learned), record, call)
+        if kept.calls == 1 and self.session.monitors:
+            self._check_values(kept, out)
 
     def capture(self, module: nn.Module, out: Any) -> None:
         """A projection ran: keep its output if a fast call's plan needs it."""

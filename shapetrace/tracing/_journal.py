@@ -20,7 +20,7 @@ __all__ = ["VALUE_CHECKS", "Journal"]
 #: Checks that read values, not shapes: they say nothing of calls they did not look at.
 VALUE_CHECKS = frozenset({"rows_sum_to_one", "finite", "finite_input"})
 
-Key = tuple[str, Hashable]
+Key = Hashable  # what identifies a layer at one signature: its Learned entry's id
 
 
 def _merge(record: LayerRecord, checks: list[Check], call: int) -> None:
@@ -42,6 +42,7 @@ class Journal:
         self.every_call = every_call
         self._records: dict[Key, LayerRecord] = {}
         self.touched: list[LayerRecord] | None = None  # records a compiled call's shadow made
+        self._shape_checks: dict[int, list[Check]] = {}
 
     def get(self, key: Key) -> LayerRecord | None:
         return self._records.get(key)
@@ -73,7 +74,11 @@ class Journal:
         copy = object.__new__(LayerRecord)  # a shallow copy, without copy.copy's overhead
         copy.__dict__.update(learned.__dict__)
         copy.call, copy.calls, copy.checked = call, 1, 0
-        copy.checks = [c for c in learned.checks if c.name not in VALUE_CHECKS]
+        shape_checks = self._shape_checks.get(id(learned))
+        if shape_checks is None:
+            shape_checks = [c for c in learned.checks if c.name not in VALUE_CHECKS]
+            self._shape_checks[id(learned)] = shape_checks
+        copy.checks = list(shape_checks)
         self.journey.layers.append(copy)
         self._records[key] = copy
         return self._touch(copy)

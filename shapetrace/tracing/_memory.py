@@ -27,9 +27,12 @@ class Learned:
 @dataclass
 class ModelMemory:
     generation: int
-    layers: dict[tuple[str, Hashable], Learned] = field(default_factory=dict)
+    layers: dict[Hashable, Learned] = field(default_factory=dict)  # (layer path, signature)
     #: block signature -> every layer inside has a probe plan (so probes need no recorder)
     blocks: dict[tuple[int, Hashable], bool] = field(default_factory=dict)
+    #: the model's own call signature -> its attention calls in order: (layer path, key,
+    #: what was learned of that call)
+    roots: dict[Hashable, tuple[tuple[str, Hashable, Learned], ...]] = field(default_factory=dict)
 
 
 _MEMORY: weakref.WeakKeyDictionary[nn.Module, dict[bool, ModelMemory]] = (

@@ -101,6 +101,10 @@ class Tracer:
         self._patches: list[Grid] = []
         self._captured: set[int] = set()
         self._hooks: CallHooks | None = None
+        self._found: Discovered | None = None
+        self._mode = ""  # "", "light" or "full": which layer hooks are in
+        self._root: nn.Module | None = None
+        self._light: list[RemovableHandle] = []
         self._thread: int | None = None
         self._used = False
         self._warnings: Any = None
@@ -167,7 +171,8 @@ class Tracer:
                 _add_note(exc, f"shapetrace: raised inside attention layer {failed.info.name!r} "
                           f"({failed.info.module_type}) after {_describe(failed)}")
             return
-        if self.strict and not self.journey.layers and not self.journey.not_understood:
+        ran = self.journey.layers or self.journey.not_understood
+        if self.strict and not ran and not self.journey.skipped.get("unrecorded"):
             skipped = "".join(f"; {n} {why.replace('_', ' ')} left out" for why, n in
                               self.journey.skipped.items())
             raise NoAttentionLayersError(
@@ -177,24 +182,76 @@ class Tracer:
             )
 
     def _install(self, found: Discovered, *, root: nn.Module | None = None) -> None:
+        """The model's own hooks now; the layers' when its first call shows which it needs
+        (see ``_ensure``). A model that is itself one attention layer gets them all now."""
         hooks = self._hooks
         assert hooks is not None
         root = self.module if root is None else root
-        for info in found.layers:
-            self._hook_layer(info)
+        self._found, self._mode, self._root = found, "", root
+        hooks.layer_infos = found.layers
+        hooks.ensure = self._ensure
         for module, inside in found.blocks:
             hooks.block_layers[id(module)] = inside
-            self._hook_block(module)
+        if any(info.path == "" for info in found.layers):
+            self._ensure("full")  # the model is one attention layer: nothing to save
+            return
+        # hooks on the model itself go in now: none may be added while its own run
+        if any(module is root for module in found.ancestors):
+            self._hook_geometry(root)
+        if any(module is root for module, _inside in found.blocks):
+            self._hook_block(root)
+
+        def root_pre(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if self._ours():
+                validate_unet(m, args, kwargs)
+                hooks.root_pre(m, args, kwargs)
+
+        def root_post(_m: nn.Module, _a: Any, out: Any) -> None:
+            if self._ours():
+                hooks.root_post(failed=out is None)
+
+        self._handles.append(root.register_forward_pre_hook(root_pre, with_kwargs=True,
+                                                            prepend=True))
+        self._handles.append(root.register_forward_hook(root_post, always_call=True))
+
+    def _ensure(self, mode: str) -> None:
+        """Hooks for what the model's call needs: ``light`` (a known signature replayed: the
+        layers' post-hooks count, check finiteness and feed probes) or ``full`` (recording:
+        layers, blocks, grid sources)."""
+        found = self._found
+        if found is None or self._mode == "full" or self._mode == mode:
+            return
+        for handle in self._light:
+            handle.remove()
+        self._light.clear()
+        if mode == "light":
+            for info in found.layers:
+                self._light.append(info.module.register_forward_hook(self._light_post(info),
+                                                                     always_call=True))
+            self._mode = "light"
+            return
+        root = self._root
+        for info in found.layers:
+            self._hook_layer(info)
+        for module, _inside in found.blocks:
+            if module is not root:
+                self._hook_block(module)
         for module in found.ancestors:
-            self._hook_geometry(module)
+            if module is not root:
+                self._hook_geometry(module)
         for module in found.patches:
             self._handles.append(module.register_forward_pre_hook(self._patch_pre))
-        self._handles.append(
-            root.register_forward_pre_hook(
-                lambda m, a, k: validate_unet(m, a, k) if self._ours() else None,
-                with_kwargs=True, prepend=True,
-            )
-        )
+        self._mode = "full"
+
+    def _light_post(self, info: LayerInfo) -> Any:
+        hooks = self._hooks
+        assert hooks is not None
+
+        def post(_m: nn.Module, _a: Any, out: Any) -> None:
+            if self._ours(count=True):
+                hooks.light_end(info, out)
+
+        return post
 
     def _install_compiled(self, original: nn.Module, found: Discovered) -> None:
         """A compiled model keeps its graph: hooks go on the original module only while an
@@ -214,9 +271,11 @@ class Tracer:
                 with contextlib.suppress(Exception):  # a foreign mode on top of ours
                     self._recorder.__exit__(None, None, None)
         finally:
-            for handle in self._handles:
+            for handle in (*self._handles, *self._light):
                 handle.remove()
             self._handles.clear()
+            self._light.clear()
+            self._mode = ""
             self._captured.clear()
             self._session.calls.clear()
             self._session.table.clear()
@@ -259,12 +318,12 @@ class Tracer:
             if self._ours():
                 self._geometry.append(grid_of_input(args, kwargs))
 
-        def post(_m: nn.Module, _a: Any, _k: Any, _out: Any) -> None:
+        def post(_m: nn.Module, _a: Any, _out: Any) -> None:
             if self._ours() and self._geometry:
                 self._geometry.pop()
 
         self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-        self._handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
+        self._handles.append(module.register_forward_hook(post, always_call=True))
 
     def _patch_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         grid = grid_of_patches(module, args) if self._ours() else None
@@ -283,12 +342,12 @@ class Tracer:
             if self._ours():
                 hooks.block_pre(m, args, kwargs)
 
-        def post(_m: nn.Module, _a: Any, _k: Any, _out: Any) -> None:
+        def post(_m: nn.Module, _a: Any, _out: Any) -> None:
             if self._ours():
                 hooks.block_post()
 
         self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-        self._handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
+        self._handles.append(module.register_forward_hook(post, always_call=True))
 
     def _hook_layer(self, info: LayerInfo) -> None:
         hooks = self._hooks
@@ -298,14 +357,12 @@ class Tracer:
             if self._ours(count=True):
                 hooks.begin(info, args, kwargs)
 
-        def post(_m: nn.Module, _a: Any, _k: Any, out: Any) -> None:
+        def post(_m: nn.Module, _a: Any, out: Any) -> None:
             if self._ours():
                 hooks.end(info, out)
 
         self._handles.append(info.module.register_forward_pre_hook(pre, with_kwargs=True))
-        self._handles.append(
-            info.module.register_forward_hook(post, with_kwargs=True, always_call=True)
-        )
+        self._handles.append(info.module.register_forward_hook(post, always_call=True))
 
     def _hook_capture(self, module: nn.Module) -> None:
         """Keep a projection's output for fast calls whose probes need it (hooked once)."""
