@@ -384,7 +384,7 @@ class CallHooks:
             self.journey.skipped["unrecorded"] = self.journey.skipped.get("unrecorded", 0) + 1
             if self.root_key is not None:
                 self.memory.roots.pop(self.root_key, None)
-            self.replay = None
+            self.replay = self.observed = None  # this call teaches no path either
             return
         self.step += 1
         _path, _key, learned = replay[step]
