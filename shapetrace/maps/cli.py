@@ -9,7 +9,6 @@ layer's resolution, picks the map resolution, and prints what the capture policy
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 Resolution = tuple[int, int]
@@ -49,11 +48,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="DIR",
         help="local CLIP text encoder folder (config.json + *.safetensors)",
     )
-    p.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
+    p.add_argument("--steps", type=int, default=10, help="denoising steps, 1 to 1000 (default 10)")
     p.add_argument("--height", type=int, default=None, help="image height (default: model's)")
     p.add_argument("--width", type=int, default=None, help="image width (default: model's)")
-    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale; <= 1 turns CFG off")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights and noise")
+    p.add_argument(
+        "--guidance", type=float, default=7.5, help="CFG scale, 0 to 1000; <= 1 turns CFG off"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and noise, >= 0")
     p.add_argument(
         "--res",
         type=parse_res,
@@ -66,7 +67,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="capture every resolution, not only --res (costs more memory)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder, written as a whole (an earlier run there is replaced)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--truncate",

@@ -31,6 +31,15 @@ def check_weights(folder: Path, config: dict[str, Any]) -> str | None:
             found[key] = (shape, file)
     expected = _expected_shapes(config)
     missing = [k for k in expected if k not in found]
+    foreign = [k for k in found if k not in expected]
+    if missing and foreign:  # not a cut-off file: a different model's weights
+        raise ModelLoadError(
+            f"{folder}: the weights do not fit config.json: {len(missing)} of {len(expected)} "
+            f"tensors it needs are missing (e.g. {', '.join(missing[:2])}) and {len(foreign)} "
+            f"tensors in the weights are not part of it (e.g. {', '.join(foreign[:2])}); the "
+            "weights and config.json come from different models: put the config.json that "
+            "came with the weights beside them"
+        )
     if missing:
         names = ", ".join(f.name for f in files)
         raise ModelLoadError(
