@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -48,6 +49,7 @@ __all__ = [
     "check_steps",
     "format_bytes",
     "shorten",
+    "show",
 ]
 
 #: The largest image side accepted, in pixels (a 2048x2048 latent; SD-class models run at 2048
@@ -86,6 +88,23 @@ def shorten(value: object, limit: int = 60) -> str:
     half = max(1, (limit - 3) // 2)
     size = f" ({len(value):,} characters)" if isinstance(value, str) else ""
     return f"{text[:half]}…{text[-half:]}{size}"
+
+
+_PLAIN = re.compile(r"[\w.,/:@+=~%-]+")
+
+
+def show(value: object, limit: int = 120) -> str:
+    """A user's text (a path, a model name) for a message, literally: bare when it is one
+    plain word, quoted when it is empty or holds spaces, quotes or brackets; cut in the
+    middle past ``limit`` characters.
+
+    >>> show("maps/run1"), show("run[v2]"), show("")
+    ('maps/run1', "'run[v2]'", "''")
+    """
+    text = str(value)
+    if _PLAIN.fullmatch(text) and len(text) <= limit:
+        return text
+    return shorten(text, limit)
 
 
 def format_bytes(n: float) -> str:
@@ -287,21 +306,21 @@ def check_device(
         try:
             device = torch.device(value.strip().lower())
         except (RuntimeError, ValueError):
-            raise SettingError(f"{name} {shorten(value)} is not a device; use {where}") from None
+            raise SettingError(f"{name} {show(value)} is not a device; use {where}") from None
     else:
         raise SettingError(
             f"{name} must be a str or torch.device, got {shorten(value)} "
             f"({type(value).__name__}); use {where}"
         )
     if device.type not in allow:
-        raise SettingError(f"{name} {shorten(str(device))}: shapetrace runs here on {where}")
+        raise SettingError(f"{name} {show(value)}: shapetrace runs here on {where}")
     if device.type != "cuda":
         if device.index not in (None, 0):
             raise SettingError(f"{name} {device} has no index; use {device.type}")
         return torch.device(device.type)
     if not torch.cuda.is_available():
         raise SettingError(
-            f"{name} {shorten(str(device))}: torch sees no CUDA device (torch "
+            f"{name} {show(value)}: torch sees no CUDA device (torch "
             f"{torch.__version__}); use {' or '.join(a for a in allow if a != 'cuda')}, "
             "or install a CUDA build of torch"
         )
@@ -338,7 +357,7 @@ def check_dtype(
             f"({type(value).__name__}); use one of {choices}"
         )
     if key not in allow:
-        raise SettingError(f"{name} {shorten(value)} is not one of {choices}")
+        raise SettingError(f"{name} {show(value)} is not one of {choices}")
     dtype: torch.dtype = getattr(torch, key)
     return dtype
 

@@ -23,14 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from shapetrace._checks import shorten
+from shapetrace._checks import shorten, show
 from shapetrace.errors import OutputError
 
 __all__ = ["Outputs", "PendingFile", "PendingFolder", "check_output_file", "check_output_folder"]
-
-
-def _show(path: Path | str) -> str:
-    return shorten(str(path), 120)
 
 
 def _exists(path: Path) -> bool:
@@ -58,7 +54,7 @@ def _check_name(path: Path, flag: str, folder: Path) -> None:
     limit = _name_max(folder) if _is_dir(folder) else 255
     if len(path.name.encode("utf-8", "surrogateescape")) > limit:
         raise OutputError(
-            f"{flag} {_show(path)}: the name is {len(path.name):,} characters, more than the "
+            f"{flag} {show(path)}: the name is {len(path.name):,} characters, more than the "
             f"{limit} bytes a file name may have here; use a shorter name"
         )
 
@@ -77,16 +73,16 @@ def check_output_file(path: str | Path, flag: str) -> Path:
     _check_name(target, flag, parent)
     if _is_dir(target):
         raise OutputError(
-            f"{flag} {_show(target)} is a folder; give a file inside it, e.g. "
-            f"{flag} {_show(target / 'journey.json')}"
+            f"{flag} {show(target)} is a folder; give a file inside it, e.g. "
+            f"{flag} {show(target / 'journey.json')}"
         )
     if not _exists(parent):
         raise OutputError(
-            f"{flag} {_show(target)}: folder {_show(parent)} does not exist; create it first "
+            f"{flag} {show(target)}: folder {show(parent)} does not exist; create it first "
             "or choose another"
         )
     if not parent.is_dir():
-        raise OutputError(f"{flag} {_show(target)}: {_show(parent)} is a file, not a folder")
+        raise OutputError(f"{flag} {show(target)}: {show(parent)} is a file, not a folder")
     return target
 
 
@@ -103,17 +99,17 @@ def check_output_folder(path: str | Path, flag: str) -> Path:
     for part in (target, *target.parents):
         _check_name(part, flag, part.parent if _is_dir(part.parent) else Path("."))
     if _exists(target) and not _is_dir(target):
-        raise OutputError(f"{flag} {_show(target)} is a file; give a folder, e.g. {flag} maps/")
+        raise OutputError(f"{flag} {show(target)} is a file; give a folder, e.g. {flag} maps/")
     resolved, here = target.resolve(), Path.cwd().resolve()
     if resolved == here or resolved in here.parents:
         raise OutputError(
-            f"{flag} {_show(path)} is the current folder or holds it; a run replaces its "
+            f"{flag} {show(path)} is the current folder or holds it; a run replaces its "
             f"{flag} folder as a whole, so give a folder of its own, e.g. {flag} maps/"
         )
     for up in target.parents:
         if _exists(up):
             if not _is_dir(up):
-                raise OutputError(f"{flag} {_show(target)}: {_show(up)} is a file, not a folder")
+                raise OutputError(f"{flag} {show(target)}: {show(up)} is a file, not a folder")
             break
     return target
 
@@ -129,7 +125,7 @@ class PendingFile:
             )
         except OSError as err:
             raise OutputError(
-                f"{flag} {_show(target)}: cannot write in {_show(target.parent)} "
+                f"{flag} {show(target)}: cannot write in {show(target.parent)} "
                 f"({err.strerror or err}); choose a folder you can write to"
             ) from None
         os.close(fd)
@@ -164,7 +160,7 @@ class PendingFolder:
         if found:
             more = f" and {len(found) - 3} more" if len(found) > 3 else ""
             raise OutputError(
-                f"{flag} {_show(target)} holds files that are not an earlier run's "
+                f"{flag} {show(target)} holds files that are not an earlier run's "
                 f"({', '.join(shorten(n, 40) for n in found[:3])}{more}); a run replaces its "
                 "folder as a whole, so give a new or empty folder, or move those files away"
             )
@@ -180,7 +176,7 @@ class PendingFolder:
         except OSError as err:
             self._remove_created()
             raise OutputError(
-                f"{flag} {_show(target)}: cannot write in {_show(target.parent)} "
+                f"{flag} {show(target)}: cannot write in {show(target.parent)} "
                 f"({err.strerror or err}); choose a folder you can write to"
             ) from None
 
@@ -255,7 +251,7 @@ class Outputs:
             theirs = Path(os.path.realpath(other.target))
             if mine == theirs or mine in theirs.parents or theirs in mine.parents:
                 raise OutputError(
-                    f"{flag} {_show(target)} and {other.flag} {_show(other.target)} are the "
+                    f"{flag} {show(target)} and {other.flag} {show(other.target)} are the "
                     "same path (or one holds the other), so one would overwrite the other; "
                     "give each output its own path"
                 )

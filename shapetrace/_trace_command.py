@@ -12,9 +12,9 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from shapetrace._checks import blame, check_batch, check_size, shorten
+from shapetrace._checks import blame, check_batch, check_size, show
 from shapetrace._outputs import Outputs
-from shapetrace.errors import OutputError, SettingError, ShapeTraceError
+from shapetrace.errors import ModelLoadError, OutputError, SettingError, ShapeTraceError
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +56,7 @@ def _choose(journey: Journey, args: argparse.Namespace) -> list[Any]:
     from shapetrace.report import choose_layers
 
     flags = " ".join(
-        [*(f"--layer {shorten(p)}" for p in args.layer or ())]
+        [*(f"--layer {show(p)}" for p in args.layer or ())]
         + ([f"--kind {args.kind}"] if args.kind else [])
     )
     with blame(flags, ShapeTraceError):
@@ -86,7 +86,7 @@ def _preflight(
     from shapetrace.tracing.run import set_processor
 
     height, width, batch = size
-    with blame(f"--model {shorten(args.model)}", ShapeTraceError):
+    with blame(f"--model {show(args.model)}", ModelLoadError):
         meta = build_model(args.model, device="meta")
     if args.processor:
         set_processor(meta.module, args.processor)
@@ -103,7 +103,7 @@ def _preflight(
     check_fits(
         estimate.total,
         available_memory(device),
-        what=f"--model {shorten(args.model)} at {height}x{width} with --batch {batch} on {device}",
+        what=f"--model {show(args.model)} at {height}x{width} with --batch {batch} on {device}",
         fix="use a smaller --batch, --height or --width, or --device meta for shapes only",
     )
     return estimate
@@ -128,10 +128,10 @@ def run_trace(args: argparse.Namespace) -> int:
         if device.type != "meta":
             estimate = _preflight(args, device, dtype, size)
             _say(
-                f"tracing {shorten(args.model)} on {device} needs {estimate.memory_text()}; "
+                f"tracing {show(args.model)} on {device} needs {estimate.memory_text()}; "
                 f"the forward: {estimate.time_text()}"
             )
-        with blame(f"--model {shorten(args.model)}", ShapeTraceError):
+        with blame(f"--model {show(args.model)}", ModelLoadError):
             journey = shapetrace.trace_model(
                 args.model,
                 height=size[0],

@@ -14,7 +14,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 from safetensors.torch import load_file, save_file
 
-from shapetrace.errors import InputShapeError, ModelLoadError
+from shapetrace.errors import InputShapeError, ModelLoadError, SettingError
 from shapetrace.models import (
     PRESETS,
     BuiltModel,
@@ -225,7 +225,6 @@ def test_reference_has_no_separate_text_encoder_config() -> None:
         ("sd15", {"weights": "meta", "device": "cpu"}, r"weights='meta' .* needs device='meta'"),
         ("tiny", {"weights": "random"}, r"meta tensors hold no values"),
         ("tiny", {"weights": "pretrained"}, r"weights='pretrained'"),
-        ("tiny", {"device": "tpu"}, r"unknown device 'tpu'"),
     ],
 )
 def test_requests_that_cannot_be_built_raise_model_load_error(
@@ -235,9 +234,34 @@ def test_requests_that_cannot_be_built_raise_model_load_error(
         build_model(name, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"device": "tpu"}, r"device tpu is not a device; use meta, cpu, cuda"),
+        ({"device": "mps"}, r"device mps: shapetrace runs here on meta, cpu, cuda"),
+        ({"device": "cpu:1"}, r"device cpu:1 has no index"),
+        ({"device": 3}, r"device must be a str or torch.device, got 3 \(int\)"),
+        ({"dtype": "float99"}, r"dtype float99 is not one of float32, float16"),
+        ({"dtype": 3}, r"dtype must be a torch.dtype or its name, got 3"),
+        ({"seed": -1}, r"seed -1 must be >= 0"),
+        ({"seed": "a"}, r"seed must be a whole number, got 'a' \(str\)"),
+    ],
+)
+def test_bad_settings_are_refused_before_building(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(SettingError, match=match):
+        build_model("tiny", **kwargs)
+
+
+def test_devices_and_dtypes_may_be_named_or_given_as_torch_objects() -> None:
+    named = build_model("tiny", device="CPU", dtype="fp16")
+    given = build_model("tiny", device=torch.device("cpu"), dtype=torch.float16)
+    assert named.device == given.device == torch.device("cpu")
+    assert named.dtype == given.dtype == torch.float16
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_without_a_gpu_is_refused_with_a_clear_message() -> None:
-    with pytest.raises(ModelLoadError, match=r"torch.cuda.is_available\(\) is False"):
+    with pytest.raises(SettingError, match=r"device cuda: torch sees no CUDA device"):
         build_model("tiny", device="cuda")
 
 
@@ -331,7 +355,7 @@ BROKEN_FOLDERS = {
     "config is not json": (lambda f: (f / "config.json").write_text("{oops"), r"not valid JSON"),
     "config of a vae": (
         lambda f: (f / "config.json").write_text('{"_class_name": "AutoencoderKL"}'),
-        r"describes a AutoencoderKL, not a UNet2DConditionModel",
+        r"describes a AutoencoderKL \(the VAE\), not a UNet2DConditionModel",
     ),
     "no weights at all": (lambda f: (f / WEIGHTS).unlink(), r"no weights in .*device='meta'"),
     "bin only": (_bin_only, r"diffusion_pytorch_model.bin .* loads safetensors only"),

@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from rich.text import Text
 
-from shapetrace._checks import format_bytes, shorten
+from shapetrace._checks import format_bytes, show
 from shapetrace._footprint import available_memory
 from shapetrace._outputs import Outputs
 from shapetrace.errors import CheckFailedError
@@ -61,7 +61,7 @@ def _check_maps(maps: torch.Tensor, plan: MapsPlan) -> None:
         raise CheckFailedError(
             f"the maps are not finite ({bad:,} of {maps.numel():,} values are NaN or inf), so "
             f"nothing was written; the model's weights or outputs hold NaN/inf (model "
-            f"{shorten(plan.meta.name)}, guidance {plan.guidance:g})"
+            f"{show(plan.meta.name)}, guidance {plan.guidance:g})"
         )
 
 

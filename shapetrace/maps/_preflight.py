@@ -28,6 +28,7 @@ from shapetrace._checks import (
     check_size,
     check_steps,
     shorten,
+    show,
 )
 from shapetrace._footprint import (
     Estimate,
@@ -42,7 +43,6 @@ from shapetrace.errors import (
     ModelLoadError,
     NoAttentionLayersError,
     SettingError,
-    ShapeTraceError,
 )
 from shapetrace.maps.store import PLACES, AttentionStore, Resolution
 from shapetrace.maps.text import PromptTokens, tokenize
@@ -132,16 +132,16 @@ def _text_encoder_folder(args: argparse.Namespace, meta: Any) -> Path | None:
     if args.text_encoder is not None:
         given = Path(args.text_encoder).expanduser()
         folder = given / "text_encoder" if (given / "text_encoder").is_dir() else given
-        flag = f"--text-encoder {shorten(args.text_encoder)}"
+        flag = f"--text-encoder {show(args.text_encoder)}"
     else:
         root = _folder_root(args.model, meta)
         if root is None or not (root / "text_encoder").is_dir():
             return None
-        folder, flag = root / "text_encoder", f"--model {shorten(args.model)}"
+        folder, flag = root / "text_encoder", f"--model {show(args.model)}"
     file = folder / "config.json"
     if not file.is_file():
         raise ModelLoadError(
-            f"{flag}: no config.json in {shorten(str(folder), 120)}; give the folder of a CLIP "
+            f"{flag}: no config.json in {show(folder)}; give the folder of a CLIP "
             "text encoder (config.json + model.safetensors) or a pipeline folder holding "
             "text_encoder/"
         )
@@ -161,7 +161,7 @@ def _text_encoder_folder(args: argparse.Namespace, meta: Any) -> Path | None:
             )
         if not any(folder.glob("*.safetensors")):
             raise ModelLoadError(
-                f"{shorten(str(folder), 120)} holds no *.safetensors weights (pickle files are "
+                f"{show(folder)} holds no *.safetensors weights (pickle files are "
                 "never loaded); convert the weights to safetensors first"
             )
     return folder
@@ -188,7 +188,7 @@ def _text_encoder_bytes(args: argparse.Namespace, meta: Any, folder: Path | None
         fits = [c for c in widths.values() if c["hidden_size"] == meta.context_dim]
         if not fits:
             raise ModelLoadError(
-                f"--model {shorten(args.model)} has no text_encoder/ and no packaged text "
+                f"--model {show(args.model)} has no text_encoder/ and no packaged text "
                 f"encoder has its width {meta.context_dim}; pass --text-encoder FOLDER"
             )
         config = fits[0]
@@ -243,11 +243,11 @@ def plan_run(args: argparse.Namespace) -> MapsPlan:
     for flag, value in (("--height", args.height), ("--width", args.width)):
         if value is not None:
             check_side(value, flag)
-    with blame(f"--model {shorten(args.model)}", ShapeTraceError):
+    with blame(f"--model {show(args.model)}", ModelLoadError):
         meta = build_model(args.model, weights="meta", device="meta")  # shapes first, no weights
     if meta.family != "unet":
         raise SettingError(
-            f"--model {shorten(meta.name)} is the {meta.family} model; maps runs a diffusers "
+            f"--model {show(meta.name)} is the {meta.family} model; maps runs a diffusers "
             "UNet under a denoising loop: use --model sd15, tiny or a local diffusers folder"
         )
     sched = _scheduler_config(args.model, meta)
@@ -281,7 +281,7 @@ def plan_run(args: argparse.Namespace) -> MapsPlan:
     check_fits(
         estimate.total,
         available_memory(device),
-        what=f"maps with --model {shorten(args.model)} at {height}x{width} on {device}",
+        what=f"maps with --model {show(args.model)} at {height}x{width} on {device}",
         fix="use a smaller --height and --width, or --res instead of --all-res",
     )
     return MapsPlan(

@@ -268,7 +268,7 @@ def check_config(
         what = spec.what if spec is not None else KNOWN.get(name, "a class shapetrace cannot trace")
         raise ModelLoadError(
             f"{where} describes a {shorten(name, 60)[1:-1]} ({what}), not a {names}; "
-            f"point at the folder of the {wanted[0].what} instead"
+            f"point at the folder of {wanted[0].what} instead"
             + (" (unet/ in a pipeline folder)" if family == "unet" else " (text_encoder/)")
         )
     problems = [f"{key} is missing" for key in spec.required if key not in config]

@@ -13,7 +13,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from shapetrace._checks import check_device, check_dtype, check_seed, shorten
+from shapetrace._checks import check_device, check_dtype, check_seed, shorten, show
 from shapetrace.errors import ModelLoadError
 from shapetrace.models._checkpoint import check_weights
 from shapetrace.models._config_checks import check_config
@@ -228,7 +228,7 @@ def _unet_folder(path: Path) -> Path:
         exists = False
     if not exists:
         raise ModelLoadError(
-            f"no folder at {shorten(str(path), 120)}; pass a local diffusers UNet folder "
+            f"no folder at {show(path)}; pass a local diffusers UNet folder "
             f"(config.json + {_WEIGHTS_NAME}.safetensors) or a preset: {', '.join(PRESETS)}. "
             "shapetrace does not download from the Hugging Face Hub: fetch the model first"
         )
