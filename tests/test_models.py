@@ -369,7 +369,7 @@ BROKEN_FOLDERS = {
         r"is not a readable safetensors file",
     ),
     "missing tensors": (_drop_tensors, r"is partial: \d+ of \d+ tensors .* are missing"),
-    "wrong shape": (_reshape_one, r"conv_in.weight has shape \(33, 4, 3, 3\) .* needs"),
+    "wrong shape": (_reshape_one, r"conv_in.weight: \(33, 4, 3, 3\), config.json needs"),
     "missing shard": (_shard_missing, r"names 2 shards but .*00002-of-00002.* missing"),
 }
 
