@@ -50,9 +50,10 @@ ACTIVATION_FACTOR = 1.1
 ACTIVATION_BASE = 256 * 2**20
 #: SD 1.5 forwards (256 and 512, 2-core CPU) ran at 0.6 to 1.1 times a plain 512x512 matmul's
 #: FLOP rate on a loaded machine; the estimate takes the low end.
-EFFICIENCY = 0.5
-#: What a traced attention call costs beyond its FLOPs (hooks, recorder, monitors).
-PER_CALL_SECONDS = 0.005
+EFFICIENCY = 0.6
+#: What a traced attention call costs beyond its FLOPs (hooks, recorder, monitors): the
+#: tiny UNet's 32 calls add 18 ms to a forward (reports/bench.md, cpu_tiny_wall).
+PER_CALL_SECONDS = 0.001
 
 
 @dataclass
