@@ -82,12 +82,15 @@ def _preflight(
         weight_bytes,
     )
     from shapetrace.models import build_model
+    from shapetrace.models.loading import check_unet_folder
     from shapetrace.tracing import trace
     from shapetrace.tracing.run import set_processor
 
     height, width, batch = size
     with blame(f"--model {show(args.model)}", ModelLoadError):
         meta = build_model(args.model, device="meta")
+        if meta.source is not None:  # its weights too, before a word about the run
+            check_unet_folder(meta.source)
     if args.processor:
         set_processor(meta.module, args.processor)
     inputs, kwargs = meta.inputs(height, width, batch)

@@ -21,7 +21,7 @@ from shapetrace.models.built import BuiltModel
 from shapetrace.models.presets import PRESETS, Preset, get_preset, read_config
 from shapetrace.reference.model import ReferenceModel
 
-__all__ = ["build_model", "load_unet_folder"]
+__all__ = ["build_model", "check_unet_folder", "load_unet_folder"]
 
 Weights = Literal["meta", "random", "local"]
 _WEIGHTS: tuple[str, ...] = ("meta", "random", "local")
@@ -218,6 +218,23 @@ def load_unet_folder(
             "save_pretrained(folder, safe_serialization=True)"
         ) from err
     return _unet_built(unet.to(dev).eval(), name, "local", source=folder)
+
+
+def check_unet_folder(path: str | Path, *, weights: bool = True) -> Path:
+    """The UNet folder ``path`` names (itself or its ``unet/``), with its config.json checked
+    and, with ``weights``, its safetensors checked against the config (headers only, no tensor
+    is read). ModelLoadError naming the file and the fix otherwise.
+
+    Example::
+
+        >>> check_unet_folder("stable-diffusion-v1-5")            # doctest: +SKIP
+        PosixPath('stable-diffusion-v1-5/unet')
+    """
+    folder = _unet_folder(Path(path).expanduser())
+    config = _read_unet_config(folder)
+    if weights:
+        check_weights(folder, config)
+    return folder
 
 
 def _unet_folder(path: Path) -> Path:
