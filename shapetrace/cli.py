@@ -204,6 +204,19 @@ def one_line(error: BaseException) -> str:
     return " ".join(words) or type(error).__name__
 
 
+def _quiet_libraries() -> None:
+    """Silence third-party progress bars and advice that are not the user's business
+    (transformers' "Loading weights" bar, diffusers' notes), for the commands only."""
+    for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(variable, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("transformers", "diffusers"):  # already imported: tell them directly
+        library = sys.modules.get(name)
+        if library is not None:
+            library.utils.logging.set_verbosity_error()
+            library.utils.logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status: 0 done, 1 a check failed, 2 bad
     input, 130 interrupted.
@@ -220,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(None if argv is None else list(argv))
     except SystemExit as exc:  # --help, --version and usage errors
         return _exit_code(exc.code)
+    _quiet_libraries()
     try:
         status = args.func(args)
     except KeyboardInterrupt:
