@@ -77,11 +77,6 @@ class MapsPlan:
 def _tokens(args: argparse.Namespace) -> PromptTokens:
     prompt = check_prompt(args.prompt, "--prompt")
     tokens = tokenize(prompt)
-    if not any(tokens.word_tokens):
-        raise SettingError(
-            f"--prompt {shorten(prompt)} gives no CLIP tokens, so there is no word to map; "
-            "use words, e.g. --prompt 'a cat sitting on a mat'"
-        )
     if tokens.truncated and not getattr(args, "truncate", False):
         cut = next((i for i, t in enumerate(tokens.word_tokens) if not t), len(tokens.words) - 1)
         raise InputShapeError(
