@@ -80,7 +80,7 @@ def shorten(value: object, limit: int = 60) -> str:
     """``repr(value)`` for a message, cut in the middle past ``limit`` characters.
 
     >>> shorten("x" * 10_000, 20)
-    "'xxxxxxxx…xxxxxxxx' (10,000 characters)"
+    "'xxxxxxx…xxxxxxx' (10,000 characters)"
     """
     text = repr(value)
     if len(text) <= limit:

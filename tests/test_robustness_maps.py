@@ -162,8 +162,10 @@ def test_a_rerun_replaces_the_earlier_run_as_a_whole(capsys, tmp_path, monkeypat
         ("a cat", "run[v2]", "02_cat.png"),
         ("a cat", "a/b/c", "02_cat.png"),
     ],
-    ids=["a 270-character word", "markup", "a newline", "an emoji", "punctuation only",
-         "markup in --out", "a nested new --out"],  # fmt: skip
+    ids=[
+        "a 270-character word", "markup", "a newline", "an emoji", "punctuation only",
+        "markup in --out", "a nested new --out",
+    ],
 )
 def test_odd_prompts_and_folders_are_written_literally_and_whole(
     prompt, out, word_file, capsys, tmp_path, monkeypatch
