@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from shapetrace.errors import InputShapeError
+from shapetrace._checks import show
+from shapetrace.errors import InputShapeError, OutputError
 from shapetrace.maps.heatmap import heatmap_image, labelled_grid, save_png, slug
 from shapetrace.maps.text import PromptTokens
 
@@ -67,7 +68,15 @@ def write_outputs(
     from safetensors.torch import save_file
 
     folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"out_dir {show(folder)} is a file; give a folder to write the maps in")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(
+            f"cannot make out_dir {show(folder)} ({err.strerror or err}); choose a folder you "
+            "can write to"
+        ) from None
     maps = maps.detach().to("cpu", torch.float32).contiguous()
     save_file({"maps": maps}, str(folder / "maps.safetensors"), metadata={"schema": SCHEMA})
     words = word_maps(maps, tokens)

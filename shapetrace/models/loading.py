@@ -54,6 +54,11 @@ def build_model(
     seed = check_seed(seed, "seed")
     path = _as_path(name_or_path)
     if path is None:
+        if name_or_path not in PRESETS:  # named here, so a 10,000-character name is cut
+            raise ModelLoadError(
+                f"unknown model preset {shorten(name_or_path)}; choose one of "
+                f"{', '.join(sorted(PRESETS))}, or pass the path of a local diffusers UNet folder"
+            )
         preset = get_preset(str(name_or_path))
         mode = _weights_mode(weights, dev, default="random", where=f"preset {preset.name!r}")
         if mode == "local":
