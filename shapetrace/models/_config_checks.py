@@ -115,7 +115,9 @@ def _per_block(config: Mapping[str, Any], key: str, blocks: int) -> list[int] | 
     value = config.get(key)
     if isinstance(value, list):
         return list(value) if len(value) == blocks else None
-    return [int(value)] * blocks if _is_int(value) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value] * blocks
+    return None
 
 
 def _unet_relations(config: Mapping[str, Any]) -> list[str]:
