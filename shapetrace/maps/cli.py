@@ -2,8 +2,11 @@
 
     shapetrace maps --prompt "a cat sitting on a mat" --model tiny --steps 3 --out maps/
 
-Before the run it traces the model once on ``meta`` (no weights, no compute) to learn every
-layer's resolution, picks the map resolution, and prints what the capture policy will cost.
+Before a weight is loaded every flag is checked (``maps._preflight``) and the model is traced
+once on ``meta`` (no weights, no compute) to learn every layer's resolution; the command then
+prints the UNet forwards it will run, the memory they need against what the machine has, a
+rough time, and what the capture will hold. The output folder is filled under a temporary name
+and swapped in whole (``maps._command``).
 """
 
 from __future__ import annotations
