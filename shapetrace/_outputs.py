@@ -19,14 +19,22 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 from shapetrace._checks import shorten, show
 from shapetrace.errors import OutputError
 
-__all__ = ["Outputs", "PendingFile", "PendingFolder", "check_output_file", "check_output_folder"]
+__all__ = [
+    "Outputs",
+    "PendingFile",
+    "PendingFolder",
+    "check_output_file",
+    "check_output_folder",
+    "writing",
+]
 
 
 def _exists(path: Path) -> bool:
@@ -133,14 +141,14 @@ class PendingFile:
 
     def write_text(self, text: str) -> None:
         """Fill the temporary file (the target is untouched until ``commit``)."""
-        self.temp.write_text(text, encoding="utf-8")
+        with writing(self.flag, self.target):
+            self.temp.write_text(text, encoding="utf-8")
 
     def commit(self) -> Path:
         """Rename the temporary file onto the target, with the permissions a new file gets."""
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.temp, 0o666 & ~umask)
-        os.replace(self.temp, self.target)
+        with writing(self.flag, self.target):
+            os.chmod(self.temp, 0o666 & ~_umask())
+            os.replace(self.temp, self.target)
         return self.target
 
     def discard(self) -> None:
@@ -182,6 +190,10 @@ class PendingFolder:
 
     def commit(self) -> Path:
         """Put the filled folder in the target's place; an earlier run there goes as a whole."""
+        with writing(self.flag, self.target):
+            return self._swap()
+
+    def _swap(self) -> Path:
         mask = _umask()
         os.chmod(self.path, 0o777 & ~mask)
         for file in self.path.rglob("*"):
@@ -211,6 +223,21 @@ class PendingFolder:
                 folder.rmdir()
             except OSError:
                 break
+
+
+@contextmanager
+def writing(flag: str, target: Path) -> Iterator[None]:
+    """Turn an OSError while writing an output (a full disk, a folder gone) into an
+    OutputError naming the flag; the reserved outputs are then discarded as on any error."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as err:
+        raise OutputError(
+            f"{flag} {show(target)}: writing failed ({err.strerror or err}); nothing was "
+            "written, free some space or choose another place"
+        ) from err
 
 
 def _umask() -> int:

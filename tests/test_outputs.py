@@ -120,3 +120,23 @@ def test_folder_targets_are_checked_without_writing(tmp_path: Path, monkeypatch)
         with pytest.raises(OutputError, match=match):
             check_output_folder(path, "--out")
     assert _names(tmp_path) == ["f"]
+
+
+def test_a_full_disk_while_writing_is_an_output_error_and_leaves_nothing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import errno
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "j.json"
+    target.write_text("old")
+    with pytest.raises(OutputError, match=r"--json .*j.json: writing failed \(No space left"):
+        with Outputs() as outputs:
+            pending = outputs.file(target, "--json")
+            monkeypatch.setattr(Path, "write_text", full)
+            pending.write_text("new")
+    monkeypatch.undo()
+    assert target.read_text() == "old"
+    assert _names(tmp_path) == ["j.json"]

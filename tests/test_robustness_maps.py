@@ -266,3 +266,24 @@ def test_ctrl_c_during_the_run_exits_130_and_keeps_the_earlier_run(
     assert ran.err == ["shapetrace: interrupted; nothing was written"]
     assert {p.name: p.read_bytes() for p in (tmp_path / "o").iterdir()} == before
     assert_empty(tmp_path, "o")
+
+
+def test_a_full_disk_while_writing_maps_is_one_line_and_keeps_the_earlier_run(
+    capsys, tmp_path, monkeypatch
+) -> None:
+    import errno
+
+    import shapetrace.maps.export as export
+
+    monkeypatch.chdir(tmp_path)
+    assert run(maps(prompt="a dog"), capsys).code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "o").iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "save_png", full)
+    ran = run(maps(prompt="a cat"), capsys)
+    assert_refused(ran, 2, "--out o: writing failed (No space left on device)")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "o").iterdir()} == before
+    assert_empty(tmp_path, "o")

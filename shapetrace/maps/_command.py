@@ -19,7 +19,7 @@ from rich.text import Text
 
 from shapetrace._checks import format_bytes, show
 from shapetrace._footprint import available_memory
-from shapetrace._outputs import Outputs
+from shapetrace._outputs import Outputs, writing
 from shapetrace.errors import CheckFailedError
 from shapetrace.maps._preflight import MapsPlan, plan_run
 
@@ -93,14 +93,15 @@ def run(args: argparse.Namespace) -> int:
         )
         maps = aggregate(plan.store, plan.res, ("up", "down"), True, select=0)
         _check_maps(maps, plan)
-        summary = write_outputs(
-            folder.path,
-            maps,
-            plan.tokens,
-            image_size=(plan.height, plan.width),
-            settings=_settings(args, plan, chain),
-            extra=_extra(plan, time.perf_counter() - start),
-        )
+        with writing("--out", folder.target):
+            summary = write_outputs(
+                folder.path,
+                maps,
+                plan.tokens,
+                image_size=(plan.height, plan.width),
+                settings=_settings(args, plan, chain),
+                extra=_extra(plan, time.perf_counter() - start),
+            )
         outputs.commit()
     console.print(
         f"wrote {written_files(summary)} to {folder.target} (stored "
