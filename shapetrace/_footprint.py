@@ -48,9 +48,11 @@ __all__ = [
 #: AttnProcessor); the estimate is the meta peak x ACTIVATION_FACTOR + ACTIVATION_BASE.
 ACTIVATION_FACTOR = 1.1
 ACTIVATION_BASE = 256 * 2**20
-#: SD 1.5 forwards (256 and 512, 2-core CPU) ran at 0.6 to 1.1 times a plain 512x512 matmul's
-#: FLOP rate on a loaded machine; the estimate takes the low end.
-EFFICIENCY = 0.6
+#: The fraction of :func:`device_speed` a UNet forward reaches: 0.8 for one thread on a quiet
+#: 2-core CPU (reports/bench.md: an SD 1.5 forward at 256, 180 GFLOP in 2.8 s, against an
+#: 80 GFLOP/s matmul), 0.26 for the README's sd15 maps example on the same machine under a
+#: load of 6 (11 forwards of batch 2, 17.7 TFLOP in 7 min 41 s). The estimate takes 0.4.
+EFFICIENCY = 0.4
 #: What a traced attention call costs beyond its FLOPs (hooks, recorder, monitors): the
 #: tiny UNet's 32 calls add 18 ms to a forward (reports/bench.md, cpu_tiny_wall).
 PER_CALL_SECONDS = 0.001
@@ -192,18 +194,30 @@ def available_memory(device: torch.device) -> int | None:
 
 @cache
 def device_speed(device: torch.device) -> float:
-    """Floating-point operations per second of float32 matmuls on ``device`` (0.2 s)."""
+    """Floating-point operations per second of float32 matmuls on ``device``, the best of
+    five short windows (about 0.2 s in all). On CPU one thread is timed and multiplied by the
+    threads torch uses: timed together, threads wait on each other whenever another job holds
+    a core, and a shared machine would look several times slower than it is."""
     side = 512
     a = torch.randn(side, side, device=device)
-    for _ in range(3):  # thread pools and kernels warm up first
-        a @ a
-    _sync(device)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < 0.15 or done < 3:
-        a @ a
-        done += 1
-    _sync(device)
-    return 2 * side**3 * done / (time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        for _ in range(3):  # thread pools and kernels warm up first
+            a @ a
+        _sync(device)
+        best = 0.0
+        for _ in range(5):
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < 0.04 or done < 2:
+                a @ a
+                done += 1
+            _sync(device)
+            best = max(best, 2 * side**3 * done / (time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(threads)
+    return best * (threads if device.type == "cpu" else 1)
 
 
 def _sync(device: torch.device) -> None:

@@ -95,6 +95,21 @@ def test_the_tiny_maps_command_in_the_readme_runs(tmp_path, monkeypatch, capsys)
     assert (tmp_path / "maps" / "summary.json").is_file()
 
 
+def test_the_sd15_maps_plan_is_what_the_readme_quotes() -> None:
+    import argparse
+
+    from shapetrace.maps._preflight import plan_run
+    from shapetrace.maps.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    argv = next(a for a in MAPS_LINES if "sd15" in a)
+    plan = plan_run(parser.parse_args(argv))
+    text = " ".join(_section("Per-token attention maps").split())
+    assert f"`{plan.forwards} UNet forwards of batch {plan.batch}`" in text
+    assert f"`needs {plan.estimate.memory_text()}`" in text
+
+
 @pytest.mark.slow
 def test_the_sd15_maps_command_in_the_readme_runs(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
