@@ -14,8 +14,8 @@ diffusers) happen inside the commands, so ``shapetrace --help`` stays quick.
 
 Exit status: 0 done; 1 the run finished but a check of its results failed (a runtime check
 of ``trace``, non-finite maps) or the model failed inside a traced layer; 2 bad input, refused
-before any work in one line naming the flag, the value and the fix; 130 interrupted (Ctrl-C),
-with nothing left half-written.
+before any work in one line naming the flag, the value and the fix; 130 interrupted (Ctrl-C;
+143 for SIGTERM), with nothing left half-written.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ import argparse
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from shapetrace._checks import shorten
 from shapetrace.errors import CheckFailedError, ShapeTraceError, TraceError
@@ -234,11 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors
         return _exit_code(exc.code)
     _quiet_libraries()
+    stopped: list[int] = []
+    previous = _on_terminate(stopped)
     try:
         status = args.func(args)
     except KeyboardInterrupt:
         print(f"\n{parser.prog}: interrupted; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + stopped[0] if stopped else EXIT_INTERRUPTED
     except ShapeTraceError as exc:
         print(f"{parser.prog}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED if isinstance(exc, (TraceError, CheckFailedError)) else EXIT_USAGE
@@ -246,4 +251,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0 if status is None else int(status)
+
+
+def _on_terminate(stopped: list[int]) -> Any:
+    """Make SIGTERM (``kill``, a CI timeout) stop a command the way Ctrl-C does, so its
+    temporary outputs are removed; the previous handler is returned to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)

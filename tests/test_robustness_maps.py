@@ -27,6 +27,8 @@ REFUSED: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("steps 10,000", maps("--steps", "10000"),
      ("--steps 10,000 is more than 1,000", "the scheduler has 1000 timesteps")),
     ("steps 1001", maps("--steps", "1001"), ("--steps 1,001 is more than 1,000",)),
+    ("steps 1000, past PNDM's last timestep", maps("--steps", "1000"),
+     ("--steps 1000: PNDMScheduler cannot make 1000 distinct steps", "use --steps 999 or fewer")),
     ("steps a word", maps("--steps", "abc"), ("--steps: invalid int value: 'abc'",)),
     ("steps a fraction", maps("--steps", "2.5"), ("--steps: invalid int value: '2.5'",)),
     ("height 0", maps("--height", "0"), ("--height 0 must be positive",)),

@@ -111,13 +111,34 @@ def _scheduler_config(model: str, meta: Any) -> dict[str, Any]:
     return scheduler_config(model if meta.source is None else "sd15")
 
 
-def _forwards(config: dict[str, Any], steps: int) -> int:
-    """UNet forwards of ``steps`` steps (PNDM adds warm-up steps)."""
+def _schedule(config: dict[str, Any], steps: int) -> int | None:
+    """UNet forwards of ``steps`` steps (PNDM adds warm-up steps), or None when the scheduler
+    cannot make ``steps`` distinct timesteps inside its training range."""
     from shapetrace.maps.pipeline import make_scheduler
 
     scheduler = make_scheduler(config)
     scheduler.set_timesteps(steps)
-    return len(scheduler.timesteps)
+    timesteps = [int(t) for t in scheduler.timesteps]
+    train = int(config.get("num_train_timesteps", 1000))
+    if len(set(timesteps)) != steps or min(timesteps) < 0 or max(timesteps) >= train:
+        return None
+    return len(timesteps)
+
+
+def _forwards(config: dict[str, Any], steps: int) -> int:
+    """The UNet forwards ``--steps`` runs; SettingError naming the most steps the scheduler
+    can make when it cannot make these (1000 steps of SD's PNDM would step past t=999)."""
+    train = int(config.get("num_train_timesteps", 1000))
+    steps = check_steps(steps, "--steps", train_steps=train)
+    forwards = _schedule(config, steps)
+    if forwards is None:
+        most = next((n for n in range(steps - 1, 0, -1) if _schedule(config, n)), 1)
+        name = config.get("_class_name", "PNDMScheduler")
+        raise SettingError(
+            f"--steps {steps}: {name} cannot make {steps} distinct steps within its {train} "
+            f"training timesteps; use --steps {most} or fewer (SD runs 20 to 50)"
+        )
+    return forwards
 
 
 def _text_encoder_folder(args: argparse.Namespace, meta: Any) -> Path | None:
@@ -249,7 +270,7 @@ def plan_run(args: argparse.Namespace) -> MapsPlan:
             "UNet under a denoising loop: use --model sd15, tiny or a local diffusers folder"
         )
     sched = _scheduler_config(args.model, meta)
-    steps = check_steps(steps, "--steps", train_steps=int(sched.get("num_train_timesteps", 1000)))
+    forwards = _forwards(sched, steps)
     text_folder = _text_encoder_folder(args, meta)
     side = int(meta.config.get("sample_size", 64)) * meta.vae_scale_factor
     height = side if args.height is None else args.height
@@ -267,7 +288,6 @@ def plan_run(args: argparse.Namespace) -> MapsPlan:
         1, guidance=cfg, places=PLACES, resolutions=None if args.all_res else [res]
     )
     capture = estimate_memory(store, layers, batch=batch)
-    forwards = _forwards(sched, steps)
     seconds = estimate_seconds(cost, device, forwards=forwards, calls=len(layers))
     estimate = Estimate(
         weights=weight_bytes(meta.module, torch.float32)

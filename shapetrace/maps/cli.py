@@ -51,7 +51,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="DIR",
         help="local CLIP text encoder folder (config.json + *.safetensors)",
     )
-    p.add_argument("--steps", type=int, default=10, help="denoising steps, 1 to 1000 (default 10)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=10,
+        help="denoising steps (default 10; SD's PNDM makes 1 to 999)",
+    )
     p.add_argument("--height", type=int, default=None, help="image height (default: model's)")
     p.add_argument("--width", type=int, default=None, help="image width (default: model's)")
     p.add_argument(
