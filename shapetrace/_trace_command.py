@@ -56,7 +56,7 @@ def _choose(journey: Journey, args: argparse.Namespace) -> list[Any]:
     from shapetrace.report import choose_layers
 
     flags = " ".join(
-        [*(f"--layer {show(p)}" for p in args.layer or ())]
+        [*(f"--layer {show(p, 60)}" for p in args.layer or ())]
         + ([f"--kind {args.kind}"] if args.kind else [])
     )
     with blame(flags, ShapeTraceError):
@@ -87,7 +87,7 @@ def _preflight(
     from shapetrace.tracing.run import set_processor
 
     height, width, batch = size
-    with blame(f"--model {show(args.model)}", ModelLoadError):
+    with blame(f"--model {show(args.model, 60)}", ModelLoadError):
         meta = build_model(args.model, device="meta")
         if meta.source is not None:  # its weights too, before a word about the run
             check_unet_folder(meta.source)
@@ -106,7 +106,7 @@ def _preflight(
     check_fits(
         estimate.total,
         available_memory(device),
-        what=f"--model {show(args.model)} at {height}x{width} with --batch {batch} on {device}",
+        what=f"--model {show(args.model, 60)} at {height}x{width} with --batch {batch} on {device}",
         fix="use a smaller --batch, --height or --width, or --device meta for shapes only",
     )
     return estimate
@@ -131,10 +131,10 @@ def run_trace(args: argparse.Namespace) -> int:
         if device.type != "meta":
             estimate = _preflight(args, device, dtype, size)
             _say(
-                f"tracing {show(args.model)} on {device} needs {estimate.memory_text()}; "
+                f"tracing {show(args.model, 60)} on {device} needs {estimate.memory_text()}; "
                 f"the forward: {estimate.time_text()}"
             )
-        with blame(f"--model {show(args.model)}", ModelLoadError):
+        with blame(f"--model {show(args.model, 60)}", ModelLoadError):
             journey = shapetrace.trace_model(
                 args.model,
                 height=size[0],

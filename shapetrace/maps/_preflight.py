@@ -148,12 +148,12 @@ def _text_encoder_folder(args: argparse.Namespace, meta: Any) -> Path | None:
     if args.text_encoder is not None:
         given = Path(args.text_encoder).expanduser()
         folder = given / "text_encoder" if (given / "text_encoder").is_dir() else given
-        flag = f"--text-encoder {show(args.text_encoder)}"
+        flag = f"--text-encoder {show(args.text_encoder, 60)}"
     else:
         root = _folder_root(args.model, meta)
         if root is None or not (root / "text_encoder").is_dir():
             return None
-        folder, flag = root / "text_encoder", f"--model {show(args.model)}"
+        folder, flag = root / "text_encoder", f"--model {show(args.model, 60)}"
     file = folder / "config.json"
     if not file.is_file():
         raise ModelLoadError(
@@ -204,7 +204,7 @@ def _text_encoder_bytes(args: argparse.Namespace, meta: Any, folder: Path | None
         fits = [c for c in widths.values() if c["hidden_size"] == meta.context_dim]
         if not fits:
             raise ModelLoadError(
-                f"--model {show(args.model)} has no text_encoder/ and no packaged text "
+                f"--model {show(args.model, 60)} has no text_encoder/ and no packaged text "
                 f"encoder has its width {meta.context_dim}; pass --text-encoder FOLDER"
             )
         config = fits[0]
@@ -260,7 +260,7 @@ def plan_run(args: argparse.Namespace) -> MapsPlan:
     for flag, value in (("--height", args.height), ("--width", args.width)):
         if value is not None:
             check_side(value, flag)
-    with blame(f"--model {show(args.model)}", ModelLoadError):
+    with blame(f"--model {show(args.model, 60)}", ModelLoadError):
         meta = build_model(args.model, weights="meta", device="meta")  # shapes first, no weights
         if meta.source is not None:  # a folder's weights too (headers only)
             check_unet_folder(meta.source)
@@ -299,7 +299,7 @@ def plan_run(args: argparse.Namespace) -> MapsPlan:
     check_fits(
         estimate.total,
         available_memory(device),
-        what=f"maps with --model {show(args.model)} at {height}x{width} on {device}",
+        what=f"maps with --model {show(args.model, 60)} at {height}x{width} on {device}",
         fix="use a smaller --height and --width, or --res instead of --all-res",
     )
     return MapsPlan(
