@@ -14,10 +14,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from shapetrace.errors import (
+    CheckFailedError,
     InputShapeError,
     ModelLoadError,
     ModuleContractError,
     NoAttentionLayersError,
+    OutputError,
+    SettingError,
     ShapeTraceError,
 )
 from shapetrace.journey import Journey, LayerRecord, Stage
@@ -30,12 +33,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttentionCall",
+    "CheckFailedError",
     "InputShapeError",
     "Journey",
     "LayerRecord",
     "ModelLoadError",
     "ModuleContractError",
     "NoAttentionLayersError",
+    "OutputError",
+    "SettingError",
     "ShapeTraceError",
     "Stage",
     "trace",

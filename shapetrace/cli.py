@@ -11,18 +11,27 @@ journey::
 Other parts of shapetrace add subcommands: each module in ``_SUBCOMMANDS`` that can be imported
 gets ``register(subparsers)`` called, adds its parser and sets ``func``. Heavy imports (torch,
 diffusers) happen inside the commands, so ``shapetrace --help`` stays quick.
+
+Exit status: 0 done; 1 the run finished but a check of its results failed (a runtime check
+of ``trace``, non-finite maps) or the model failed inside a traced layer; 2 bad input, refused
+before any work in one line naming the flag, the value and the fix; 130 interrupted (Ctrl-C;
+143 for SIGTERM), with nothing left half-written.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-from shapetrace.errors import ShapeTraceError
+from shapetrace._checks import shorten
+from shapetrace.errors import CheckFailedError, ShapeTraceError
 
 __all__ = ["build_parser", "main"]
 
@@ -32,7 +41,11 @@ _SUBCOMMANDS: tuple[str, ...] = ("shapetrace.maps.cli",)
 PROCESSORS = ("AttnProcessor", "AttnProcessor2_0")
 DTYPES = ("float32", "float16", "bfloat16")
 KINDS = ("cross", "self")
+EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+#: Longest run of characters kept from one word of an error message (paths, values).
+_LONGEST_WORD = 160
 
 _EXAMPLES = """\
 examples:
@@ -55,10 +68,11 @@ def _positive_int(text: str) -> int:
 
 
 def _device(text: str) -> str:
-    """argparse type: meta, cpu, cuda or cuda:N."""
-    if text in ("meta", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
-        return text
-    raise argparse.ArgumentTypeError(f"expected meta, cpu, cuda or cuda:N, got {text!r}")
+    """argparse type: meta, cpu, cuda or cuda:N (any case)."""
+    name = text.strip().lower()
+    if name in ("meta", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name):
+        return name
+    raise argparse.ArgumentTypeError(f"expected meta, cpu, cuda or cuda:N, got {shorten(text)}")
 
 
 def _add_trace(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,10 +91,14 @@ def _add_trace(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--model",
         default="sd15",
         metavar="NAME|PATH",
-        help="sd15, tiny, reference, or a local diffusers UNet folder (default: sd15)",
+        help="sd15, sd21, sdxl, sd3, flux, pixart, tiny, reference, a preset's text encoder "
+        "(sdxl:text_encoder_2), or a local diffusers model folder (default: sd15)",
     )
-    p.add_argument("--height", type=_positive_int, default=512, help="image height (512)")
-    p.add_argument("--width", type=_positive_int, default=512, help="image width (512)")
+    p.add_argument("--height", type=_positive_int, default=None,
+                   help="image height (default: the model's own: 512 sd15, 768 sd21, 1024 sdxl, "
+                   "sd3, flux, pixart)")
+    p.add_argument("--width", type=_positive_int, default=None,
+                   help="image width (default: the model's own)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size (1)")
     p.add_argument(
         "--device",
@@ -113,59 +131,19 @@ def _add_trace(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--markdown", metavar="FILE", help="also write the report as Markdown ('-': stdout only)"
     )
+    p.add_argument(
+        "--exit-zero",
+        action="store_true",
+        help="exit 0 even when a runtime check fails (default: exit 1, so CI can gate on it)",
+    )
     p.set_defaults(func=run_trace)
 
 
-def _write(path: str, text: str, what: str) -> None:
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ShapeTraceError(f"cannot write the {what} to {path}: {exc.strerror or exc}") from exc
-    print(f"shapetrace: wrote the {what} to {path}", file=sys.stderr)
-
-
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Refuse before tracing when an output cannot be written, not after."""
-    if args.json == "-" and args.markdown == "-":
-        raise ShapeTraceError("--json - and --markdown - both want stdout; give one a FILE")
-    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
-        if path and path != "-":
-            parent = Path(path).parent
-            if not parent.is_dir():
-                raise ShapeTraceError(f"{flag} {path}: folder {parent} does not exist")
-
-
 def run_trace(args: argparse.Namespace) -> int:
-    """``shapetrace trace``: trace, print the report, write the files asked for."""
-    _check_outputs(args)
-    import torch
-    from rich.console import Console
+    """``shapetrace trace``: check, trace, print the report, write the files asked for."""
+    from shapetrace._trace_command import run_trace as run
 
-    import shapetrace
-    from shapetrace.report import choose_layers, print_report, to_markdown
-
-    journey = shapetrace.trace_model(
-        args.model,
-        height=args.height,
-        width=args.width,
-        batch=args.batch,
-        device=args.device,
-        processor=args.processor,
-        dtype=getattr(torch, args.dtype),
-    )
-    summary = journey.layers if args.kind is None else journey.select(kind=args.kind)
-    chosen = choose_layers(journey, args.layer or (), every=args.all, kind=args.kind)
-    if args.json == "-":
-        sys.stdout.write(journey.to_json() + "\n")
-    elif args.markdown == "-":
-        sys.stdout.write(to_markdown(journey, chosen, summary=summary))
-    else:
-        print_report(journey, chosen, summary=summary, console=Console())
-    if args.json and args.json != "-":
-        _write(args.json, journey.to_json() + "\n", "JSON journey")
-    if args.markdown and args.markdown != "-":
-        _write(args.markdown, to_markdown(journey, chosen, summary=summary), "Markdown report")
-    return 0
+    return run(args)
 
 
 def _register_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -190,10 +168,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog="shapetrace",
         description="See the tensor dimensions inside Stable Diffusion's attention.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_trace(subparsers)
     _register_subcommands(subparsers)
     return parser
+
+
+def _version() -> str:
+    """'shapetrace 0.1.0 (torch 2.13.0+cpu, diffusers 0.42.1, Python 3.11.7)', no imports."""
+    from importlib import metadata
+
+    from shapetrace import __version__
+
+    found = []
+    for name in ("torch", "diffusers"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} not installed")
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"shapetrace {__version__} ({', '.join(found)}, Python {python})"
 
 
 def _exit_code(code: object) -> int:
@@ -202,11 +197,40 @@ def _exit_code(code: object) -> int:
     return code if isinstance(code, int) else 1
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message on one line, each over-long word cut in the middle.
+
+    >>> one_line(ValueError("bad\\n value " + "x" * 500))[:24]
+    'bad value xxxxxxxxxxxxxx'
+    """
+    words = str(error).split()
+    for i, word in enumerate(words):
+        if len(word) > _LONGEST_WORD:
+            half = _LONGEST_WORD // 2 - 2
+            words[i] = f"{word[:half]}…{word[-half:]} ({len(word):,} characters)"
+    return " ".join(words) or type(error).__name__
+
+
+def _quiet_libraries() -> None:
+    """Silence third-party progress bars and advice that are not the user's business
+    (transformers' "Loading weights" bar, diffusers' notes), for the commands only."""
+    for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(variable, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("transformers", "diffusers"):  # already imported: tell them directly
+        library = sys.modules.get(name)
+        if library is not None:
+            library.utils.logging.set_verbosity_error()
+            library.utils.logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 bad input).
+    """Run the command line; returns the exit status: 0 done, 1 a check failed, 2 bad
+    input, 130 interrupted.
 
     A :class:`~shapetrace.errors.ShapeTraceError` becomes one line on stderr,
-    ``shapetrace: error: <message>``, like argparse's own usage errors.
+    ``shapetrace: error: <message>``, like argparse's own usage errors; Ctrl-C one line,
+    ``shapetrace: interrupted``. Neither prints a traceback.
 
     >>> main(["trace", "--height", "256", "--width", "256"])  # doctest: +SKIP
     0
@@ -216,10 +240,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(None if argv is None else list(argv))
     except SystemExit as exc:  # --help, --version and usage errors
         return _exit_code(exc.code)
+    _quiet_libraries()
+    stopped: list[int] = []
+    previous = _on_terminate(stopped)
     try:
         status = args.func(args)
+    except KeyboardInterrupt:
+        print(f"\n{parser.prog}: interrupted; nothing was written", file=sys.stderr)
+        return 128 + stopped[0] if stopped else EXIT_INTERRUPTED
     except ShapeTraceError as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"{parser.prog}: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED if isinstance(exc, CheckFailedError) else EXIT_USAGE
+    except BrokenPipeError:  # `shapetrace trace --json - | head`: the reader left
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:  # the model itself failed inside a traced layer: one line, exit 1
+        notes = [n for n in getattr(exc, "__notes__", []) if n.startswith("shapetrace:")]
+        if not notes:
+            raise  # not inside a traced layer: a bug, with its traceback
+        where = notes[0].removeprefix("shapetrace: ").split(" after ")[0]
+        print(f"{parser.prog}: error: the model failed {where}: {type(exc).__name__}: "
+              f"{one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0 if status is None else int(status)
+
+
+def _on_terminate(stopped: list[int]) -> Any:
+    """Make SIGTERM (``kill``, a CI timeout) stop a command the way Ctrl-C does, so its
+    temporary outputs are removed; the previous handler is returned to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)

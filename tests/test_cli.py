@@ -207,10 +207,10 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_shapetrace_error_is_one_line_on_stderr_and_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    failing_tracer(monkeypatch, InputShapeError("height 500 is not\ndivisible by 8; use 496"))
-    assert cli.main(["trace", "--height", "500"]) == 2
+    failing_tracer(monkeypatch, InputShapeError("context (1, 77, 768) does not\nfit width 64"))
+    assert cli.main(["trace", "--height", "256"]) == 2
     captured = capsys.readouterr()
-    assert captured.err == "shapetrace: error: height 500 is not divisible by 8; use 496\n"
+    assert captured.err == "shapetrace: error: context (1, 77, 768) does not fit width 64\n"
     assert captured.out == ""
 
 
@@ -225,7 +225,7 @@ def test_an_unknown_layer_is_a_one_line_error(
 ) -> None:
     assert cli.main(["trace", "--layer", "attn9"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("shapetrace: error: no traced attention layer matches 'attn9'")
+    assert err.startswith("shapetrace: error: --layer attn9: no traced attention layer matches")
     assert err.count("\n") == 1
 
 

@@ -14,7 +14,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 from safetensors.torch import load_file, save_file
 
-from shapetrace.errors import InputShapeError, ModelLoadError
+from shapetrace.errors import InputShapeError, ModelLoadError, SettingError
 from shapetrace.models import (
     PRESETS,
     BuiltModel,
@@ -25,6 +25,7 @@ from shapetrace.models import (
     text_encoder_config,
     unet_config,
 )
+from tests._folders import BROKEN
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -225,7 +226,6 @@ def test_reference_has_no_separate_text_encoder_config() -> None:
         ("sd15", {"weights": "meta", "device": "cpu"}, r"weights='meta' .* needs device='meta'"),
         ("tiny", {"weights": "random"}, r"meta tensors hold no values"),
         ("tiny", {"weights": "pretrained"}, r"weights='pretrained'"),
-        ("tiny", {"device": "tpu"}, r"unknown device 'tpu'"),
     ],
 )
 def test_requests_that_cannot_be_built_raise_model_load_error(
@@ -235,9 +235,34 @@ def test_requests_that_cannot_be_built_raise_model_load_error(
         build_model(name, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"device": "tpu"}, r"device tpu is not a device; use meta, cpu, cuda"),
+        ({"device": "mps"}, r"device mps: shapetrace runs here on meta, cpu, cuda"),
+        ({"device": "cpu:1"}, r"device cpu:1 has no index"),
+        ({"device": 3}, r"device must be a str or torch.device, got 3 \(int\)"),
+        ({"dtype": "float99"}, r"dtype float99 is not one of float32, float16"),
+        ({"dtype": 3}, r"dtype must be a torch.dtype or its name, got 3"),
+        ({"seed": -1}, r"seed -1 must be >= 0"),
+        ({"seed": "a"}, r"seed must be a whole number, got 'a' \(str\)"),
+    ],
+)
+def test_bad_settings_are_refused_before_building(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(SettingError, match=match):
+        build_model("tiny", **kwargs)
+
+
+def test_devices_and_dtypes_may_be_named_or_given_as_torch_objects() -> None:
+    named = build_model("tiny", device="CPU", dtype="fp16")
+    given = build_model("tiny", device=torch.device("cpu"), dtype=torch.float16)
+    assert named.device == given.device == torch.device("cpu")
+    assert named.dtype == given.dtype == torch.float16
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_without_a_gpu_is_refused_with_a_clear_message() -> None:
-    with pytest.raises(ModelLoadError, match=r"torch.cuda.is_available\(\) is False"):
+    with pytest.raises(SettingError, match=r"device cuda: torch sees no CUDA device"):
         build_model("tiny", device="cuda")
 
 
@@ -331,7 +356,7 @@ BROKEN_FOLDERS = {
     "config is not json": (lambda f: (f / "config.json").write_text("{oops"), r"not valid JSON"),
     "config of a vae": (
         lambda f: (f / "config.json").write_text('{"_class_name": "AutoencoderKL"}'),
-        r"describes a AutoencoderKL, not a UNet2DConditionModel",
+        r"describes a AutoencoderKL \(the VAE\), not a UNet2DConditionModel",
     ),
     "no weights at all": (lambda f: (f / WEIGHTS).unlink(), r"no weights in .*device='meta'"),
     "bin only": (_bin_only, r"diffusion_pytorch_model.bin .* loads safetensors only"),
@@ -345,7 +370,7 @@ BROKEN_FOLDERS = {
         r"is not a readable safetensors file",
     ),
     "missing tensors": (_drop_tensors, r"is partial: \d+ of \d+ tensors .* are missing"),
-    "wrong shape": (_reshape_one, r"conv_in.weight has shape \(33, 4, 3, 3\) .* needs"),
+    "wrong shape": (_reshape_one, r"conv_in.weight: \(33, 4, 3, 3\), config.json needs"),
     "missing shard": (_shard_missing, r"names 2 shards but .*00002-of-00002.* missing"),
 }
 
@@ -377,3 +402,94 @@ def test_sd15_with_random_weights_runs_on_cpu() -> None:
     out = model.run(64, 64)
     assert out.shape == (1, 4, 8, 8)
     assert torch.isfinite(out).all()
+
+
+# --- config.json checked per model class before anything is built ----------------------------
+
+#: The key fields of real UNet configs (SD 2.1's and SDXL's as published), which must pass.
+REAL_CONFIGS = {
+    "sd21": {
+        "_class_name": "UNet2DConditionModel", "in_channels": 4, "out_channels": 4,
+        "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+        "attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024,
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, "sample_size": 96,
+    },
+    "sdxl": {
+        "_class_name": "UNet2DConditionModel", "in_channels": 4, "out_channels": 4,
+        "block_out_channels": [320, 640, 1280], "layers_per_block": 2,
+        "attention_head_dim": [5, 10, 20], "cross_attention_dim": 2048,
+        "transformer_layers_per_block": [1, 2, 10], "num_attention_heads": None,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+        "projection_class_embeddings_input_dim": 2816, "sample_size": 128,
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["sd15", "tiny", "sd21", "sdxl"])
+def test_real_unet_configs_pass_the_config_check(name: str) -> None:
+    from shapetrace.models import unet_config
+    from shapetrace.models._config_checks import check_config
+
+    config = REAL_CONFIGS[name] if name in REAL_CONFIGS else unet_config(name)
+    assert check_config(config, where=name).name == "UNet2DConditionModel"
+
+
+def test_a_text_encoder_config_passes_as_a_text_encoder_only() -> None:
+    from shapetrace.models import text_encoder_config
+    from shapetrace.models._config_checks import check_config
+
+    config = text_encoder_config("sd15")
+    assert check_config(config, where="te", family="text_encoder").name == "CLIPTextModel"
+    with pytest.raises(ModelLoadError, match=r"te describes a CLIPTextModel .*not a UNet2DCond"):
+        check_config(config, where="te")
+
+
+def test_sdxl_time_embeddings_need_their_widths() -> None:
+    from shapetrace.models._config_checks import check_config
+
+    config = {**REAL_CONFIGS["sdxl"], "addition_time_embed_dim": None}
+    with pytest.raises(ModelLoadError, match=r"'text_time' \(SDXL\) needs addition_time_embed"):
+        check_config(config, where="sdxl")
+
+
+@pytest.fixture(scope="module")
+def plain_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests._folders import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("plain") / "tiny_unet")
+
+
+#: The broken folders whose config.json is the problem (the rest break their weights).
+CONFIG_CASES = [
+    c for c in BROKEN
+    if c not in ("SD 1.5's config beside tiny weights", "weights cut off", "a pickle only",
+                 "no weights")
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES)
+@pytest.mark.parametrize("device", ["meta", "cpu"])
+def test_a_broken_config_is_refused_by_name_before_building(
+    plain_tiny: Path, tmp_path: Path, case: str, device: str
+) -> None:
+    make, words = BROKEN[case]
+    make(plain_tiny, tmp_path / "unet")
+    with pytest.raises(ModelLoadError) as raised:
+        build_model(tmp_path / "unet", device=device)
+    assert all(word in str(raised.value) for word in words), str(raised.value)
+
+
+def test_loading_a_folder_prints_nothing(tiny_folder: Path, capfd: pytest.CaptureFixture) -> None:
+    build_model(tiny_folder, device="cpu")
+    captured = capfd.readouterr()
+    assert "accelerate" not in captured.err and captured.out == ""
+
+
+def test_check_unet_folder_finds_the_unet_of_a_pipeline(tiny_folder: Path, tmp_path: Path) -> None:
+    from shapetrace.models.loading import check_unet_folder
+
+    shutil.copytree(tiny_folder, tmp_path / "pipe" / "unet")
+    assert check_unet_folder(tmp_path / "pipe") == tmp_path / "pipe" / "unet"

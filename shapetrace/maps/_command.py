@@ -1,4 +1,11 @@
-"""The ``shapetrace maps`` command itself: geometry on meta, memory estimate, the run."""
+"""The ``shapetrace maps`` command itself: check and plan (see ``_preflight``), reserve the
+output folder, say what the run will cost, denoise with capture, check the maps, write them
+into the reserved folder and swap it in as a whole.
+
+An error or Ctrl-C at any point leaves nothing behind: the folder is filled under a temporary
+name beside ``--out`` and an earlier run in ``--out`` is replaced only when the new one is
+complete.
+"""
 
 from __future__ import annotations
 
@@ -7,128 +14,147 @@ import time
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.text import Text
 
-from shapetrace.errors import InputShapeError, NoAttentionLayersError
-from shapetrace.maps.aggregation import nearest_resolution
-from shapetrace.maps.memory import estimate_memory, format_bytes
-from shapetrace.maps.store import PLACES, AttentionStore, Resolution
+from shapetrace._checks import format_bytes, show
+from shapetrace._footprint import available_memory
+from shapetrace._outputs import Outputs, writing
+from shapetrace.errors import CheckFailedError
+from shapetrace.maps._preflight import MapsPlan, plan_run
 
 __all__ = ["run"]
 
 
-def _meta_layers(meta: Any, height: int, width: int, batch: int) -> list[Any]:
-    """One forward of a ``meta`` model: every attention call with its resolution, at no cost."""
-    from shapetrace.tracing import trace
+def _say_plan(console: Console, plan: MapsPlan, args: argparse.Namespace) -> None:
+    """The run's size, cost in memory and time, and capture policy, before it starts."""
+    from shapetrace.maps.memory import estimate_memory
 
-    args, kwargs = meta.inputs(height, width, batch)
-    with torch.no_grad(), trace(meta.module, monitors=False) as journey:
-        meta.module(*args, **kwargs)
-    return list(journey.layers)
-
-
-def _pick_res(layers: list[Any], wanted: Resolution | None, latent: tuple[int, int]) -> Resolution:
-    """--res if some up/down cross layer has it, else the level nearest latent/4."""
-    have = sorted(
-        {
-            tuple(x.resolution)
-            for x in layers
-            if x.kind == "cross" and x.place in ("up", "down") and x.resolution
-        },
-        reverse=True,
+    batch = f"batch {plan.batch}" + (" (uncond + cond)" if plan.batch == 2 else "")
+    console.print(
+        Text.assemble(
+            ("maps ", "bold"),
+            f"{plan.meta.name} {plan.height}x{plan.width} (latent {plan.latent[0]}x"
+            f"{plan.latent[1]}), {plan.steps} steps = {plan.forwards} UNet forwards of {batch}, "
+            f"guidance {plan.guidance:g}, map {plan.res[0]}x{plan.res[1]}",
+        )
     )
-    if not have:
-        raise NoAttentionLayersError("the model has no cross-attention layer in down or up blocks")
-    if wanted is not None:
-        if wanted not in have:
-            sizes = ", ".join(f"{h}x{w}" for h, w in have)
-            raise InputShapeError(
-                f"--res {wanted[0]}x{wanted[1]}: no cross-attention layer at that size for "
-                f"latent {latent[0]}x{latent[1]}; the layers have {sizes}"
-            )
-        return wanted
-    return nearest_resolution(have, latent)
+    have = available_memory(plan.device)
+    room = f" of {format_bytes(have)} available" if have is not None else ""
+    timing = plan.estimate.time_text()
+    console.print(
+        f"needs {plan.estimate.memory_text()}{room}"
+        + (f"; {timing} on {plan.device} (rough)" if timing else ""),
+        markup=False,
+        highlight=False,
+    )
+    est = estimate_memory(plan.store, plan.layers, batch=plan.batch)
+    console.print(f"memory estimate: {est}", markup=False, highlight=False)
+    if plan.tokens.truncated:
+        console.print(Text("prompt truncated to 77 tokens", style="yellow"))
+
+
+def _check_maps(maps: torch.Tensor, plan: MapsPlan) -> None:
+    """Refuse to write maps that are not finite (NaN weights, overflowing latents)."""
+    if not bool(torch.isfinite(maps).all()):
+        bad = int((~torch.isfinite(maps)).sum())
+        raise CheckFailedError(
+            f"the maps are not finite ({bad:,} of {maps.numel():,} values are NaN or inf), so "
+            f"nothing was written; the model's weights or outputs hold NaN/inf (model "
+            f"{show(plan.meta.name)}, guidance {plan.guidance:g})"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build, estimate, denoise with capture, aggregate and write; returns the exit code."""
-    from rich.console import Console
-
+    """Plan, denoise with capture, aggregate and write; returns the exit code."""
     from shapetrace.maps.aggregation import aggregate
-    from shapetrace.maps.export import write_outputs
+    from shapetrace.maps.export import foreign_files, write_outputs, written_files
     from shapetrace.maps.overlay import prepare_overlay
     from shapetrace.maps.pipeline import build_chain, denoise
-    from shapetrace.maps.text import tokenize
-    from shapetrace.models import build_model
 
-    quiet = bool(getattr(args, "quiet", False))
-    out = Console()
-    if args.steps < 1:
-        raise InputShapeError(f"--steps must be >= 1, got {args.steps}")
-    tokens = tokenize(args.prompt)
-    if tokens.truncated and not getattr(args, "truncate", False):
-        cut = next((i for i, t in enumerate(tokens.word_tokens) if not t), len(tokens.words) - 1)
-        raise InputShapeError(
-            f"the prompt has {len(tokens.words)} words and does not fit SD 1.5's 77-token "
-            f"window (75 text tokens between start and end of text): from word {cut + 1} "
-            f"({tokens.words[cut]!r}) on it would be cut. Shorten the prompt, or pass "
-            "--truncate to cut it as diffusers' pipelines do."
+    console = Console()
+    plan = plan_run(args)
+    with Outputs() as outputs:
+        folder = outputs.folder(args.out, "--out", foreign=foreign_files)
+        _say_plan(console, plan, args)
+        chain = build_chain(
+            args.model, text_encoder=args.text_encoder, device=plan.device, seed=plan.seed
         )
-    meta = build_model(args.model, weights="meta", device="meta")  # shapes first, no weights
-    if meta.family != "unet":
-        raise InputShapeError(
-            f"maps runs a diffusers UNet under a denoising loop; {meta.name!r} is a "
-            f"{meta.family} model. Use --model sd15, tiny or a local diffusers folder"
+        start = time.perf_counter()
+        result = denoise(
+            chain,
+            plan.tokens,
+            steps=plan.steps,
+            height=plan.height,
+            width=plan.width,
+            guidance=plan.guidance,
+            seed=plan.seed,
+            store=plan.store,
+            progress=not getattr(args, "quiet", False),
         )
-    side = int(meta.config.get("sample_size", 64)) * meta.vae_scale_factor
-    height, width = args.height or side, args.width or side
-    latent = meta.latent_size(height, width)
-    cfg = args.guidance > 1.0
-    batch = 2 if cfg else 1
-    layers = _meta_layers(meta, height, width, batch)
-    res = _pick_res(layers, args.res, latent)
-    store = AttentionStore.for_batch(
-        1, guidance=cfg, places=PLACES, resolutions=None if args.all_res else [res]
+        maps = aggregate(plan.store, plan.res, ("up", "down"), True, select=0)
+        _check_maps(maps, plan)
+        overlay = prepare_overlay(
+            args.model, getattr(args, "vae", None), result.latents, plan.tokens,
+            device=plan.device,
+        )
+        with writing("--out", folder.target):
+            drawn = overlay.write(folder.path, maps) if overlay is not None else None
+            summary = write_outputs(
+                folder.path,
+                maps,
+                plan.tokens,
+                image_size=(plan.height, plan.width),
+                settings=_settings(args, plan, chain),
+                extra=_extra(plan, time.perf_counter() - start, overlay, drawn),
+                more_files=None if drawn is None else {"overlay": _drawn_files(drawn)},
+            )
+        outputs.commit()
+    if overlay is not None:
+        console.print(f"drew the maps over the image decoded by {overlay.vae} (overlay/)",
+                      markup=False, highlight=False)
+    console.print(
+        f"wrote {written_files(summary)} to {folder.target} (stored "
+        f"{format_bytes(plan.store.nbytes())}, {result.seconds:.1f} s)",
+        markup=False,
+        highlight=False,
     )
-    est = estimate_memory(store, layers, batch=batch)
-    out.print(
-        f"[bold]maps[/] {meta.name} {height}x{width} (latent {latent[0]}x{latent[1]}), "
-        f"{args.steps} steps, guidance {args.guidance}, map {res[0]}x{res[1]}"
-    )
-    out.print(f"memory estimate: {est}")
-    if tokens.truncated:
-        out.print("[yellow]prompt truncated to 77 tokens[/]")
-    chain = build_chain(
-        args.model, text_encoder=args.text_encoder, device=args.device, seed=args.seed
-    )
-    start = time.perf_counter()
-    result = denoise(
-        chain,
-        tokens,
-        steps=args.steps,
-        height=height,
-        width=width,
-        guidance=args.guidance,
-        seed=args.seed,
-        store=store,
-        progress=not quiet,
-    )
-    maps = aggregate(store, res, ("up", "down"), True, select=0)
-    settings = {
+    return 0
+
+
+def _settings(args: argparse.Namespace, plan: MapsPlan, chain: Any) -> dict[str, Any]:
+    return {
         "model": chain.name,
         "text_encoder": chain.text_source,
-        "steps": args.steps,
-        "height": height,
-        "width": width,
-        "latent": list(latent),
-        "guidance": args.guidance,
-        "seed": args.seed,
-        "res": list(res),
+        "steps": plan.steps,
+        "height": plan.height,
+        "width": plan.width,
+        "latent": list(plan.latent),
+        "guidance": plan.guidance,
+        "seed": plan.seed,
+        "res": list(plan.res),
         "from_where": ["up", "down"],
         "scheduler": chain.scheduler_config.get("_class_name", "PNDMScheduler"),
         "weights": getattr(chain.unet, "weights", ""),
-        "device": str(args.device),
+        "device": str(plan.device),
     }
-    extra = {
+
+
+def _drawn_files(drawn: dict[str, Any]) -> dict[str, Any]:
+    """The overlay's files, relative to the output folder."""
+    return {key: drawn[key] for key in ("image", "overlays", "grid")}
+
+
+def _extra(
+    plan: MapsPlan, seconds: float, overlay: Any = None, drawn: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    from shapetrace.maps.memory import estimate_memory
+
+    est = estimate_memory(plan.store, plan.layers, batch=plan.batch)
+    store = plan.store
+    more = {} if drawn is None else {"overlay": {"vae": str(overlay.vae), **_drawn_files(drawn)}}
+    return {
+        **more,
         "rows": [str(r) for r in store.kept_rows],
         "layers": sorted({name for e in store.entries.values() for name in e.layers}),
         "memory": {
@@ -136,21 +162,5 @@ def run(args: argparse.Namespace) -> int:
             "scratch_bytes": est.scratch,
             "stored_bytes": store.nbytes(),
         },
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(seconds, 3),
     }
-    vae = getattr(args, "vae", None)
-    overlay = prepare_overlay(args.model, vae, result.latents, tokens, device=args.device)
-    if overlay is not None:
-        extra["overlay"] = overlay.files
-    summary = write_outputs(
-        args.out, maps, tokens, image_size=(height, width), settings=settings, extra=extra
-    )
-    if overlay is not None:
-        overlay.write(args.out, maps)
-        out.print(f"drew the maps over the image decoded by {overlay.vae} in overlay/")
-    out.print(
-        f"wrote {len(summary['files']['heatmaps'])} heat maps, grid.png, maps.safetensors "
-        f"{tuple(maps.shape)} and summary.json to {args.out} "
-        f"(stored {format_bytes(store.nbytes())}, {result.seconds:.1f} s)"
-    )
-    return 0

@@ -2,14 +2,16 @@
 
     shapetrace maps --prompt "a cat sitting on a mat" --model tiny --steps 3 --out maps/
 
-Before the run it traces the model once on ``meta`` (no weights, no compute) to learn every
-layer's resolution, picks the map resolution, and prints what the capture policy will cost.
+Before a weight is loaded every flag is checked (``maps._preflight``) and the model is traced
+once on ``meta`` (no weights, no compute) to learn every layer's resolution; the command then
+prints the UNet forwards it will run, the memory they need against what the machine has, a
+rough time, and what the capture will hold. The output folder is filled under a temporary name
+and swapped in whole (``maps._command``).
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 Resolution = tuple[int, int]
@@ -56,11 +58,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="local VAE folder to draw the maps over the decoded image (default: the model "
         "folder's vae/, if it has one)",
     )
-    p.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=10,
+        help="denoising steps (default 10; SD's PNDM makes 1 to 999)",
+    )
     p.add_argument("--height", type=int, default=None, help="image height (default: model's)")
     p.add_argument("--width", type=int, default=None, help="image width (default: model's)")
-    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale; <= 1 turns CFG off")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights and noise")
+    p.add_argument(
+        "--guidance", type=float, default=7.5, help="CFG scale, 0 to 1000; <= 1 turns CFG off"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and noise, >= 0")
     p.add_argument(
         "--res",
         type=parse_res,
@@ -73,7 +82,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="capture every resolution, not only --res (costs more memory)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder, written as a whole (an earlier run there is replaced)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--truncate",

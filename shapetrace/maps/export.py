@@ -1,7 +1,9 @@
 """Writing a maps run to a folder: per-word PNGs, a labelled grid, the maps, a summary.
 
 ``DIR/maps.safetensors`` holds the aggregated maps of all 77 tokens under key ``maps``,
-(h, w, 77) float32; ``DIR/summary.json`` names the tokens, files and settings.
+(h, w, 77) float32; ``DIR/summary.json`` names the tokens, files and settings. Every file
+a run writes is listed under ``summary["files"]``, which is how a later run recognizes the
+folder as an earlier run's (``foreign_files``) and replaces it as a whole.
 
 >>> summary = write_outputs("out", maps, tokens, image_size=(512, 512))   # doctest: +SKIP
 >>> summary["files"]["heatmaps"][:2]                                        # doctest: +SKIP
@@ -17,13 +19,16 @@ from typing import Any
 
 import torch
 
-from shapetrace.errors import InputShapeError
+from shapetrace._checks import show
+from shapetrace.errors import InputShapeError, OutputError
 from shapetrace.maps.heatmap import heatmap_image, labelled_grid, save_png, slug
 from shapetrace.maps.text import PromptTokens
 
-__all__ = ["SCHEMA", "WordMap", "word_maps", "write_outputs"]
+__all__ = ["SCHEMA", "WordMap", "foreign_files", "word_maps", "write_outputs", "written_files"]
 
 SCHEMA = "shapetrace.maps/1"
+#: Characters of a word kept in its heat map's file name (file systems allow 255 bytes).
+NAME_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -57,13 +62,24 @@ def write_outputs(
     image_size: tuple[int, int],
     settings: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    more_files: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write PNGs (one per word, (H, W) = ``image_size``), ``grid.png``, ``maps.safetensors``
-    and ``summary.json`` into ``out_dir``; returns the summary as written."""
+    and ``summary.json`` into ``out_dir``; returns the summary as written. ``more_files``
+    names files a caller wrote there too (the overlays), listed under ``summary["files"]``
+    so a later run replaces them with the rest."""
     from safetensors.torch import save_file
 
     folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"out_dir {show(folder)} is a file; give a folder to write the maps in")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(
+            f"cannot make out_dir {show(folder)} ({err.strerror or err}); choose a folder you "
+            "can write to"
+        ) from None
     maps = maps.detach().to("cpu", torch.float32).contiguous()
     save_file({"maps": maps}, str(folder / "maps.safetensors"), metadata={"schema": SCHEMA})
     words = word_maps(maps, tokens)
@@ -71,7 +87,7 @@ def write_outputs(
     images = []
     labels = []
     for wm in words:
-        name = f"{wm.index + 1:02d}_{slug(wm.word)}.png"
+        name = f"{wm.index + 1:02d}_{slug(wm.word)[:NAME_CHARS]}.png"
         img = heatmap_image(wm.map, size=image_size)
         save_png(img, folder / name)
         files.append(name)
@@ -108,11 +124,54 @@ def write_outputs(
             "grid": grid_name,
             "heatmaps": files,
             "summary": "summary.json",
+            **(more_files or {}),
         },
         "maps": {"key": "maps", "shape": list(maps.shape), "dtype": "float32"},
         "settings": settings or {},
     }
     if extra:
         summary.update(extra)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = json.dumps(summary, indent=2, allow_nan=False)  # never NaN: JSON has none
+    (folder / "summary.json").write_text(text + "\n", encoding="utf-8")
     return summary
+
+
+def _listed(files: Any) -> list[str]:
+    """Every file name under ``summary["files"]`` (strings, lists and dicts of them)."""
+    if isinstance(files, str):
+        return [files]
+    if isinstance(files, dict):
+        return [name for value in files.values() for name in _listed(value)]
+    if isinstance(files, list):
+        return [name for value in files for name in _listed(value)]
+    return []
+
+
+def foreign_files(folder: str | Path) -> list[str]:
+    """The names in ``folder`` that are not an earlier ``shapetrace maps`` run's: those its
+    ``summary.json`` (of this schema) does not list, or every name when there is none.
+    An empty list means the folder can be replaced as a whole.
+
+    >>> foreign_files("maps/")                                        # doctest: +SKIP
+    ['notes.txt']
+    """
+    root = Path(folder)
+    names = sorted(p.name for p in root.iterdir())
+    try:
+        summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return names
+    if not isinstance(summary, dict) or summary.get("schema") != SCHEMA:
+        return names
+    listed = {*_listed(summary.get("files")), "summary.json"}
+    return [n for n in names if n not in listed or not (root / n).is_file()]
+
+
+def written_files(summary: dict[str, Any]) -> str:
+    """What a summary says was written: '6 heat maps, grid.png, maps.safetensors (16, 16, 77)
+    and summary.json'."""
+    files = summary["files"]
+    parts = [f"{len(files['heatmaps'])} heat map(s)"]
+    parts += [files["grid"]] if files.get("grid") else []
+    parts.append(f"{files['maps']} {tuple(summary['maps']['shape'])}")
+    return f"{', '.join(parts)} and {files['summary']}"

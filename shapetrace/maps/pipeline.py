@@ -201,7 +201,9 @@ class _progress:
             TimeElapsedColumn(),
         )
         self.bar.__enter__()
-        task = self.bar.add_task(f"{self.name}: UNet forwards", total=self.total)
+        from rich.markup import escape  # a model name is shown as text, never as markup
+
+        task = self.bar.add_task(f"{escape(self.name)}: UNet forwards", total=self.total)
         return lambda: self.bar.advance(task)
 
     def __exit__(self, *exc: object) -> None:

@@ -31,20 +31,30 @@ def check_weights(folder: Path, config: dict[str, Any]) -> str | None:
             found[key] = (shape, file)
     expected = _expected_shapes(config)
     missing = [k for k in expected if k not in found]
+    foreign = [k for k in found if k not in expected]
+    wrong = [k for k in expected if k in found and found[k][0] != expected[k]]
+    if wrong:  # the same names at other sizes: another model of the same family
+        key = wrong[0]
+        raise ModelLoadError(
+            f"{found[key][1]}: {len(wrong)} tensors have other shapes than config.json needs "
+            f"(e.g. {key}: {found[key][0]}, config.json needs {expected[key]}); the weights "
+            "and config.json come from different models: put the config.json that came "
+            "with the weights beside them"
+        )
+    if missing and foreign:  # not a cut-off file: a different model's weights
+        raise ModelLoadError(
+            f"{folder}: the weights do not fit config.json: {len(missing)} of {len(expected)} "
+            f"tensors it needs are missing (e.g. {', '.join(missing[:2])}) and {len(foreign)} "
+            f"tensors in the weights are not part of it (e.g. {', '.join(foreign[:2])}); the "
+            "weights and config.json come from different models: put the config.json that "
+            "came with the weights beside them"
+        )
     if missing:
         names = ", ".join(f.name for f in files)
         raise ModelLoadError(
             f"{folder}: {names} is partial: {len(missing)} of {len(expected)} tensors the "
             f"config needs are missing (e.g. {', '.join(missing[:3])}); {_RESAVE}"
         )
-    for key, shape in expected.items():
-        got, file = found[key]
-        if got != shape:
-            raise ModelLoadError(
-                f"{file}: tensor {key} has shape {got} but config.json needs {shape}; the "
-                "weights and config.json come from different models, put the matching "
-                "config.json beside the weights"
-            )
     return variant
 
 

@@ -4,6 +4,7 @@ safetensors weights. Nothing is downloaded and nothing is unpickled."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,14 +13,16 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
+from shapetrace._checks import check_device, check_dtype, check_seed, shorten, show
 from shapetrace.errors import ModelLoadError
 from shapetrace.models._build import built_from, denoiser_class, text_factory
 from shapetrace.models._checkpoint import check_weights
+from shapetrace.models._config_checks import check_config
 from shapetrace.models.built import BuiltModel
 from shapetrace.models.presets import DENOISER, PRESETS, Preset, get_preset, read_config
 from shapetrace.reference.model import ReferenceModel
 
-__all__ = ["build_model", "load_unet_folder"]
+__all__ = ["build_model", "check_unet_folder", "load_unet_folder"]
 
 Weights = Literal["meta", "random", "local"]
 _WEIGHTS: tuple[str, ...] = ("meta", "random", "local")
@@ -31,13 +34,14 @@ def build_model(
     *,
     weights: Weights | None = None,
     device: str | torch.device = "meta",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     seed: int = 0,
 ) -> BuiltModel:
     """Build a preset or a local UNet folder, in eval mode, ready for :meth:`BuiltModel.inputs`.
 
     ``weights`` defaults to ``"meta"`` on the meta device, otherwise ``"random"`` for presets
     (seeded with ``seed``; the global RNG is left as it was) and ``"local"`` for folders.
+    ``device`` and ``dtype`` take torch objects or their names (``"cpu"``, ``"float16"``).
 
     Example::
 
@@ -46,7 +50,9 @@ def build_model(
         (859520964, 768)
         >>> tiny = build_model("tiny", device="cpu", seed=1)  # random weights, ~3M params
     """
-    dev = _device(device)
+    dev = check_device(device, "device")
+    dtype = check_dtype(dtype, "dtype")
+    seed = check_seed(seed, "seed")
     path = _as_path(name_or_path)
     if path is None:
         preset, part = _preset_and_part(str(name_or_path))
@@ -75,28 +81,23 @@ def _preset_and_part(name: str) -> tuple[Preset, str | None]:
     return preset, part
 
 
-def _device(device: str | torch.device) -> torch.device:
-    """The torch.device, checking that CUDA is there when asked for."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ModelLoadError(f"unknown device {device!r}; use 'meta', 'cpu' or 'cuda'") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(
-            f"device {device!r} asked for, but torch.cuda.is_available() is False here; "
-            "use device='cpu', or 'meta' for shapes only"
-        )
-    return dev
-
-
 def _as_path(name_or_path: str | Path) -> Path | None:
     """The path meant, or None when the name is a preset (a preset wins over a same-named dir)."""
     if isinstance(name_or_path, Path):
         return name_or_path.expanduser()
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ModelLoadError(
+            f"model {shorten(name_or_path)} names no preset or folder; pass one of "
+            f"{', '.join(PRESETS)} or the path of a local diffusers UNet folder"
+        )
     if name_or_path.partition(":")[0] in PRESETS:
         return None
     looks_like_path = any(c in name_or_path for c in "/\\") or name_or_path.startswith(("~", "."))
-    if looks_like_path or Path(name_or_path).exists():
+    try:
+        exists = Path(name_or_path).exists()
+    except OSError:  # a name too long for the file system is no folder
+        exists = False
+    if looks_like_path or exists:
         return Path(name_or_path).expanduser()
     return None
 
@@ -189,7 +190,7 @@ def load_unet_folder(
     *,
     weights: Weights = "local",
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     seed: int = 0,
 ) -> BuiltModel:
     """A diffusers UNet folder (``config.json`` + ``diffusion_pytorch_model.safetensors``),
@@ -204,7 +205,8 @@ def load_unet_folder(
         >>> load_unet_folder("tiny_unet").module.dtype
         torch.float32
     """
-    dev = _device(device)
+    dev = check_device(device, "device")
+    dtype = check_dtype(dtype, "dtype")
     folder = _unet_folder(Path(path).expanduser())
     config = _read_unet_config(folder)
     name = folder.name if folder.name != "unet" else folder.parent.name
@@ -214,7 +216,13 @@ def load_unet_folder(
     variant = check_weights(folder, config)
     try:
         unet = _unet_class().from_pretrained(
-            folder, use_safetensors=True, local_files_only=True, torch_dtype=dtype, variant=variant
+            folder,
+            use_safetensors=True,
+            local_files_only=True,
+            torch_dtype=dtype,
+            variant=variant,
+            # Said outright, diffusers does not warn on every load that accelerate is absent.
+            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
         )
     except Exception as err:  # diffusers raises OSError, ValueError, RuntimeError, ...
         raise ModelLoadError(
@@ -225,13 +233,34 @@ def load_unet_folder(
     return _unet_built(unet.to(dev).eval(), name, "local", source=folder)
 
 
+def check_unet_folder(path: str | Path, *, weights: bool = True) -> Path:
+    """The UNet folder ``path`` names (itself or its ``unet/``), with its config.json checked
+    and, with ``weights``, its safetensors checked against the config (headers only, no tensor
+    is read). ModelLoadError naming the file and the fix otherwise.
+
+    Example::
+
+        >>> check_unet_folder("stable-diffusion-v1-5")            # doctest: +SKIP
+        PosixPath('stable-diffusion-v1-5/unet')
+    """
+    folder = _unet_folder(Path(path).expanduser())
+    config = _read_unet_config(folder)
+    if weights:
+        check_weights(folder, config)
+    return folder
+
+
 def _unet_folder(path: Path) -> Path:
     """The folder that holds the UNet's config.json (path itself or path/unet)."""
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError:  # e.g. a name too long for the file system
+        exists = False
+    if not exists:
         raise ModelLoadError(
-            f"no folder at {path}; pass a local diffusers UNet folder (config.json + "
-            f"{_WEIGHTS_NAME}.safetensors) or a preset: {', '.join(PRESETS)}. shapetrace does "
-            "not download from the Hugging Face Hub: fetch the model elsewhere first"
+            f"no folder at {show(path)}; pass a local diffusers UNet folder "
+            f"(config.json + {_WEIGHTS_NAME}.safetensors) or a preset: {', '.join(PRESETS)}. "
+            "shapetrace does not download from the Hugging Face Hub: fetch the model first"
         )
     if not path.is_dir():
         raise ModelLoadError(
@@ -260,10 +289,5 @@ def _read_unet_config(folder: Path) -> dict[str, Any]:
         ) from err
     if not isinstance(config, dict):
         raise ModelLoadError(f"{file} holds a {type(config).__name__}, not a JSON object")
-    cls = config.get("_class_name", "UNet2DConditionModel")
-    if cls != "UNet2DConditionModel":
-        raise ModelLoadError(
-            f"{file} describes a {cls}, not a UNet2DConditionModel; pass the pipeline folder "
-            "or its unet/ folder"
-        )
+    check_config(config, where=str(file), family="unet", default="UNet2DConditionModel")
     return config

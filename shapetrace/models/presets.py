@@ -141,10 +141,12 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
+        from shapetrace._checks import shorten
+
         known = ", ".join(sorted(PRESETS))
         raise ModelLoadError(
-            f"unknown model preset {name!r}; choose one of {known}, or pass the path of a "
-            "local diffusers UNet folder"
+            f"unknown model preset {shorten(name)}; choose one of {known}, or pass the path of "
+            "a local diffusers model folder"
         ) from None
 
 

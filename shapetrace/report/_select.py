@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from shapetrace._checks import shorten
 from shapetrace.errors import ShapeTraceError
 from shapetrace.journey import Journey, LayerRecord
 from shapetrace.report._format import short_names
@@ -28,7 +29,7 @@ def match_layers(journey: Journey, pattern: str) -> list[LayerRecord]:
     names = list(dict.fromkeys(short.values()))
     shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
     raise ShapeTraceError(
-        f"no traced attention layer matches {pattern!r}; give a full or short name or a "
+        f"no traced attention layer matches {shorten(pattern)}; give a full or short name or a "
         f"part of one: {shown or 'none were traced'}"
     )
 
@@ -65,7 +66,7 @@ def choose_layers(
                     wanted.append(layer)
         if not wanted:
             raise ShapeTraceError(
-                f"layers {', '.join(map(repr, patterns))} match no {kind}-attention layer"
+                f"layers {', '.join(map(shorten, patterns))} match no {kind}-attention layer"
             )
         order = {id(layer): i for i, layer in enumerate(journey.layers)}
         return sorted(wanted, key=lambda layer: order[id(layer)])
