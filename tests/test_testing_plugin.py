@@ -145,8 +145,9 @@ def test_my_cuda_marker_means_what_I_say_and_is_not_skipped():
 
 @pytest.mark.parametrize("asked", [False, True], ids=["not_asked", "asked_for_a_profile"])
 def test_a_project_with_its_own_ci_profile_and_cuda_marker_is_untouched(
-    pytester: pytest.Pytester, restore_profile: None, asked: bool
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, restore_profile: None, asked: bool
 ) -> None:
+    monkeypatch.delenv(profiles.ENV_VAR, raising=False)  # nox sets it for our own run
     pytester.makeconftest(GUEST_CONFTEST)
     pytester.makeini("[pytest]\nmarkers =\n    cuda: my project's own meaning\n")
     pytester.makepyfile(test_guest=GUEST_TESTS.format(asked=asked))
