@@ -28,11 +28,12 @@ EXIT_FAILED_CHECK = 1
 
 
 def _native(model: str) -> tuple[int, int]:
-    """The size a preset (or a folder's config, ``sample_size`` x 8) is made for; 512x512
-    when neither says."""
+    """The size a preset (or a folder's config: ``sample_size`` x 8, Flux 1024) is made for;
+    512x512 when neither says. A folder that cannot be read is refused later, by the loader."""
     import json
     from pathlib import Path
 
+    from shapetrace.models._build import CLASS_FAMILY, folder_native
     from shapetrace.models.presets import PRESETS
 
     preset = PRESETS.get(model.partition(":")[0])
@@ -44,11 +45,11 @@ def _native(model: str) -> tuple[int, int]:
         Path(model) / "transformer" / "config.json",
     ):
         try:
-            side = json.loads(config.read_text()).get("sample_size")
-        except (OSError, ValueError, AttributeError):
+            values = json.loads(config.read_text())
+            family = CLASS_FAMILY.get(values.get("_class_name"), "unet")
+            return folder_native(values, family)
+        except (OSError, ValueError, AttributeError, TypeError):
             continue
-        if isinstance(side, int) and side > 0:
-            return side * 8, side * 8
     return 512, 512
 
 
@@ -113,7 +114,7 @@ def _preflight(
         weight_bytes,
     )
     from shapetrace.models import build_model
-    from shapetrace.models.loading import check_unet_folder
+    from shapetrace.models.loading import check_folder
     from shapetrace.run import set_processor
     from shapetrace.tracing import trace
 
@@ -121,7 +122,7 @@ def _preflight(
     with blame(f"--model {show(args.model, 60)}", ModelLoadError):
         meta = build_model(args.model, device="meta")
         if meta.source is not None:  # its weights too, before a word about the run
-            check_unet_folder(meta.source)
+            check_folder(meta.source)
     if args.processor:
         set_processor(meta.module, args.processor, family=meta.family)
     inputs, kwargs = meta.inputs(height, width, batch)

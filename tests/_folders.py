@@ -81,7 +81,7 @@ BROKEN: dict[str, tuple[Callable[[Path, Path], None], tuple[str, ...]]] = {
     ),
     "a CLIP text encoder's config": (
         _with_config(lambda c: read_config("sd15_text_encoder.json")),
-        ("CLIPTextModel (a CLIP text encoder)", "not a UNet2DConditionModel"),
+        ("CLIPTextModel (a CLIP text encoder)", "not a UNet or transformer"),
     ),
     "a VAE's config": (
         _with_config(lambda c: {**c, "_class_name": "AutoencoderKL"}),

@@ -356,7 +356,7 @@ BROKEN_FOLDERS = {
     "config is not json": (lambda f: (f / "config.json").write_text("{oops"), r"not valid JSON"),
     "config of a vae": (
         lambda f: (f / "config.json").write_text('{"_class_name": "AutoencoderKL"}'),
-        r"describes a AutoencoderKL \(the VAE\), not a UNet2DConditionModel",
+        r"describes a AutoencoderKL \(the VAE\), not a UNet or transformer shapetrace traces",
     ),
     "no weights at all": (lambda f: (f / WEIGHTS).unlink(), r"no weights in .*device='meta'"),
     "bin only": (_bin_only, r"diffusion_pytorch_model.bin .* loads safetensors only"),

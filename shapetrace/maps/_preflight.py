@@ -243,7 +243,7 @@ def plan_run(args: argparse.Namespace) -> MapsPlan:
     """Check every flag and the model, trace it on meta, estimate; refuse what cannot run."""
     from shapetrace.maps.memory import estimate_memory
     from shapetrace.models import build_model
-    from shapetrace.models.loading import check_unet_folder
+    from shapetrace.models.loading import check_folder
     from shapetrace.tracing import trace
 
     tokens = _tokens(args)
@@ -263,11 +263,11 @@ def plan_run(args: argparse.Namespace) -> MapsPlan:
     with blame(f"--model {show(args.model, 60)}", ModelLoadError):
         meta = build_model(args.model, weights="meta", device="meta")  # shapes first, no weights
         if meta.source is not None:  # a folder's weights too (headers only)
-            check_unet_folder(meta.source)
+            check_folder(meta.source)
     if meta.family != "unet":
         raise SettingError(
             f"--model {show(meta.name)} is the {meta.family} model; maps runs a diffusers "
-            "UNet under a denoising loop: use --model sd15, tiny or a local diffusers folder"
+            "UNet under a denoising loop: use --model sd15, tiny or a local diffusers UNet folder"
         )
     sched = _scheduler_config(args.model, meta)
     forwards = _forwards(sched, steps)

@@ -44,7 +44,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--prompt", required=True, help="the text prompt")
-    p.add_argument("--model", default="sd15", help="sd15, tiny, or a local diffusers folder")
+    p.add_argument("--model", default="sd15", help="sd15, tiny, or a local diffusers UNet folder")
     p.add_argument(
         "--text-encoder",
         default=None,

@@ -18,7 +18,7 @@ from torch import nn
 from shapetrace.errors import ModelLoadError
 from shapetrace.models.built import BuiltModel
 
-__all__ = ["CLASS_FAMILY", "built_from", "denoiser_class", "text_factory"]
+__all__ = ["CLASS_FAMILY", "built_from", "denoiser_class", "folder_native", "text_factory"]
 
 #: diffusers ``_class_name`` -> family. PixArt-alpha's published config still says
 #: ``Transformer2DModel``; diffusers 0.42 builds it as ``PixArtTransformer2DModel``.
@@ -42,6 +42,17 @@ def denoiser_class(family: str) -> Any:
         "pixart": "PixArtTransformer2DModel",
     }
     return getattr(diffusers, names[family])
+
+
+def folder_native(config: dict[str, Any], family: str) -> tuple[int, int]:
+    """The image size a model folder's config is made for: ``sample_size`` (latent pixels)
+    times the VAE's 8; Flux's config has none and runs at 1024x1024; else 512x512."""
+    side = config.get("sample_size")
+    if isinstance(side, list) and len(side) == 2 and all(isinstance(x, int) for x in side):
+        return side[0] * 8, side[1] * 8
+    if isinstance(side, int) and not isinstance(side, bool) and side > 0:
+        return side * 8, side * 8
+    return (1024, 1024) if family == "flux" else (512, 512)
 
 
 def text_factory(config: dict[str, Any]) -> Any:

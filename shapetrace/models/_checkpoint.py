@@ -1,4 +1,4 @@
-"""Check a UNet folder's safetensors before diffusers reads them: present, not pickles,
+"""Check a model folder's safetensors before diffusers reads them: present, not pickles,
 readable, and complete for the config (diffusers would fill missing tensors with random values
 and only warn)."""
 
@@ -21,15 +21,18 @@ _RESAVE = (
 )
 
 
-def check_weights(folder: Path, config: dict[str, Any]) -> str | None:
-    """Raise ModelLoadError unless ``folder`` holds safetensors weights that cover ``config``'s
-    UNet with the right shapes; return the diffusers ``variant`` (e.g. ``"fp16"``) or None."""
-    files, variant = _weight_files(folder)
+def check_weights(folder: Path, config: dict[str, Any], cls: Any = None) -> str | None:
+    """Raise ModelLoadError unless ``folder`` holds safetensors weights that cover the model
+    ``cls`` (a diffusers class; default the UNet) builds from ``config``, with the right
+    shapes; return the diffusers ``variant`` (e.g. ``"fp16"``) or None."""
+    if cls is None:
+        from diffusers import UNet2DConditionModel as cls
+    files, variant = _weight_files(folder, cls.__name__)
     found: dict[str, tuple[tuple[int, ...], Path]] = {}
     for file in files:
         for key, shape in _header(file).items():
             found[key] = (shape, file)
-    expected = _expected_shapes(config)
+    expected = _expected_shapes(config, cls)
     missing = [k for k in expected if k not in found]
     foreign = [k for k in found if k not in expected]
     wrong = [k for k in expected if k in found and found[k][0] != expected[k]]
@@ -58,7 +61,7 @@ def check_weights(folder: Path, config: dict[str, Any]) -> str | None:
     return variant
 
 
-def _weight_files(folder: Path) -> tuple[list[Path], str | None]:
+def _weight_files(folder: Path, cls: str) -> tuple[list[Path], str | None]:
     """The safetensors files diffusers will read, and the variant; refuse pickles."""
     single = folder / f"{_NAME}.safetensors"
     if single.is_file():
@@ -79,14 +82,14 @@ def _weight_files(folder: Path) -> tuple[list[Path], str | None]:
         raise ModelLoadError(
             f"{folder} holds {', '.join(pickles)} but no {_NAME}.safetensors; shapetrace loads "
             "safetensors only (pickle files can run code when loaded). Convert it once, in a "
-            "place you trust: UNet2DConditionModel.from_pretrained(folder).save_pretrained("
+            f"place you trust: {cls}.from_pretrained(folder).save_pretrained("
             "folder, safe_serialization=True)"
         )
     others = sorted(p.name for p in folder.glob("*.safetensors"))
     if others:
         raise ModelLoadError(
             f"{folder} holds {', '.join(others)} but no {_NAME}.safetensors; a single-file "
-            "checkpoint needs converting first: UNet2DConditionModel.from_single_file(file)"
+            f"checkpoint needs converting first: {cls}.from_single_file(file)"
             ".save_pretrained(folder, safe_serialization=True)"
         )
     raise ModelLoadError(
@@ -126,16 +129,14 @@ def _header(file: Path) -> dict[str, tuple[int, ...]]:
         ) from err
 
 
-def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Every state-dict tensor's shape for a UNet with this config, built on meta (free)."""
-    from diffusers import UNet2DConditionModel
-
+def _expected_shapes(config: dict[str, Any], cls: Any) -> dict[str, tuple[int, ...]]:
+    """Every state-dict tensor's shape for ``cls`` built from this config on meta (free)."""
     try:
         with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(config)
+            model = cls.from_config(config)
     except Exception as err:
         raise ModelLoadError(
-            f"config.json does not build a UNet2DConditionModel ({type(err).__name__}: {err}); "
+            f"config.json does not build a {cls.__name__} ({type(err).__name__}: {err}); "
             "restore it from the model's source"
         ) from err
-    return {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}

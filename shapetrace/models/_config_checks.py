@@ -11,7 +11,7 @@ Traceback (most recent call last):
 shapetrace.errors.ModelLoadError: x/config.json describes a CLIPTextModel (a CLIP text ...
 
 Adding a model class is one more entry in :data:`CLASSES` (its ``family`` tells the loader
-what to build: ``"unet"``, ``"text_encoder"``, later ``"transformer"``).
+what to build: ``"unet"``, ``"sd3"``, ``"flux"``, ``"pixart"`` or ``"text_encoder"``).
 """
 
 from __future__ import annotations
@@ -97,6 +97,11 @@ class ModelClass:
     required: Mapping[str, Rule]
     optional: Mapping[str, Rule] = field(default_factory=dict)
     relations: Callable[[Mapping[str, Any]], list[str]] = lambda config: []
+
+    @property
+    def kind(self) -> str:
+        """``"denoiser"`` (what a model folder's unet/ or transformer/ holds) or the family."""
+        return "text_encoder" if self.family == "text_encoder" else "denoiser"
 
 
 _DOWN = names_from(
@@ -222,8 +227,125 @@ _CLIP = ModelClass(
     relations=_clip_relations,
 )
 
+def _heads_relations(width_key: str | None) -> Callable[[Mapping[str, Any]], list[str]]:
+    """A transformer's inner width is heads x head_dim; ``width_key`` must equal it."""
+
+    def relations(config: Mapping[str, Any]) -> list[str]:
+        inner = config["num_attention_heads"] * config["attention_head_dim"]
+        if width_key is None or config.get(width_key) in (None, inner):
+            return []
+        return [
+            f"{width_key} {config[width_key]} is not num_attention_heads x attention_head_dim "
+            f"= {config['num_attention_heads']} x {config['attention_head_dim']} = {inner}"
+        ]
+
+    return relations
+
+
+_TRANSFORMER_FIELDS: dict[str, Rule] = {
+    "in_channels": positive_int,
+    "num_layers": positive_int,
+    "attention_head_dim": positive_int,
+    "num_attention_heads": positive_int,
+}
+
+_SD3 = ModelClass(
+    name="SD3Transformer2DModel",
+    family="sd3",
+    what="the SD3 transformer (MMDiT)",
+    required={
+        **_TRANSFORMER_FIELDS,
+        "sample_size": positive_int,
+        "patch_size": positive_int,
+        "joint_attention_dim": positive_int,
+        "caption_projection_dim": positive_int,
+        "pooled_projection_dim": positive_int,
+    },
+    optional={
+        "out_channels": optional(positive_int),
+        "pos_embed_max_size": optional(positive_int),
+        "dual_attention_layers": lambda v: (
+            None if isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v)
+            else "must be a list of layer indices"
+        ),
+    },
+    relations=_heads_relations("caption_projection_dim"),
+)
+
+
+def _flux_relations(config: Mapping[str, Any]) -> list[str]:
+    """RoPE splits each head's dims over the axes (t, h, w): they must add up to head_dim."""
+    axes = config.get("axes_dims_rope", [16, 56, 56])  # diffusers' default, Flux's own
+    if not isinstance(axes, list) or not all(_is_int(x) and x > 0 for x in axes):
+        return [f"axes_dims_rope must be a list of positive whole numbers, got {shorten(axes)}"]
+    if sum(axes) != config["attention_head_dim"]:
+        return [
+            f"axes_dims_rope {axes} adds up to {sum(axes)}, not attention_head_dim "
+            f"{config['attention_head_dim']} (RoPE rotates every dim of a head)"
+        ]
+    return []
+
+
+_FLUX = ModelClass(
+    name="FluxTransformer2DModel",
+    family="flux",
+    what="the Flux transformer",
+    required={
+        **_TRANSFORMER_FIELDS,
+        "num_single_layers": positive_int,
+        "joint_attention_dim": positive_int,
+        "pooled_projection_dim": positive_int,
+    },
+    optional={
+        "patch_size": lambda v: None if v == 1 else "must be 1 (Flux packs 2x2 patches itself)",
+        "guidance_embeds": lambda v: None if isinstance(v, bool) else "must be true or false",
+        "out_channels": optional(positive_int),
+    },
+    relations=_flux_relations,
+)
+
+_PIXART_FIELDS: dict[str, Rule] = {
+    **_TRANSFORMER_FIELDS,
+    "sample_size": positive_int,
+    "patch_size": positive_int,
+    "caption_channels": positive_int,
+    "cross_attention_dim": positive_int,
+}
+
+
+def _pixart_relations(config: Mapping[str, Any]) -> list[str]:
+    problems = _heads_relations("cross_attention_dim")(config)
+    norm = config.get("norm_type", "ada_norm_single")
+    if norm != "ada_norm_single":
+        problems.append(
+            f"norm_type {shorten(norm)} is not PixArt's 'ada_norm_single'; shapetrace builds a "
+            "Transformer2DModel config as PixArt's transformer only"
+        )
+    return problems
+
+
+_PIXART = ModelClass(
+    name="PixArtTransformer2DModel",
+    family="pixart",
+    what="the PixArt transformer",
+    required=_PIXART_FIELDS,
+    optional={"out_channels": optional(positive_int)},
+    relations=_pixart_relations,
+)
+#: PixArt-alpha's published config names the class diffusers 0.22 saved it as.
+_PIXART_ALPHA = ModelClass(
+    name="Transformer2DModel",
+    family="pixart",
+    what="PixArt-alpha's transformer (as diffusers 0.22 saved it)",
+    required={**_PIXART_FIELDS, "norm_type": one_of("ada_norm_single")},
+    optional=_PIXART.optional,
+    relations=_pixart_relations,
+)
+
 #: Every class shapetrace builds from a folder, by the name its config gives.
-CLASSES: dict[str, ModelClass] = {c.name: c for c in (_UNET, _CLIP)}
+CLASSES: dict[str, ModelClass] = {
+    c.name: c for c in (_UNET, _SD3, _FLUX, _PIXART, _PIXART_ALPHA, _CLIP)
+}
 
 #: Classes met in diffusers folders that shapetrace does not build, and what they are.
 KNOWN: dict[str, str] = {
@@ -231,11 +353,13 @@ KNOWN: dict[str, str] = {
     "T5EncoderModel": "a T5 text encoder",
     "AutoencoderKL": "the VAE",
     "UNet2DModel": "an unconditional UNet (it has no cross-attention)",
-    "SD3Transformer2DModel": "the SD3 transformer",
-    "FluxTransformer2DModel": "the Flux transformer",
-    "PixArtTransformer2DModel": "the PixArt transformer",
     "CLIPVisionModelWithProjection": "an image encoder",
 }
+
+
+def _either(names: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def config_class(config: Mapping[str, Any]) -> str | None:
@@ -255,10 +379,14 @@ def check_config(
     """The :class:`ModelClass` of ``config`` if it is one of ``family`` and complete;
     ModelLoadError naming ``where``, the class or the keys, and the fix otherwise.
 
-    ``default`` is the class assumed when the config names none (a hand-written UNet config).
+    ``family`` is one family (``"unet"``, ``"text_encoder"``, ...) or ``"denoiser"``: any class
+    a model folder's ``unet/`` or ``transformer/`` may hold. ``default`` is the class assumed
+    when the config names none (a hand-written UNet config).
     """
-    wanted = [c for c in CLASSES.values() if c.family == family]
-    names = " or ".join(c.name for c in wanted)
+    wanted = [c for c in CLASSES.values() if family in (c.family, c.kind)]
+    names = _either(sorted({c.name for c in wanted if c.name != "Transformer2DModel"}))
+    if family == "denoiser":
+        names = f"UNet or transformer shapetrace traces ({names.replace(' or ', ', ')})"
     name = config_class(config) or default
     if name is None:
         raise ModelLoadError(
@@ -266,12 +394,17 @@ def check_config(
             "Restore the file from the model's source"
         )
     spec = CLASSES.get(name)
-    if spec is None or spec.family != family:
+    if spec is None or spec not in wanted:
         what = spec.what if spec is not None else KNOWN.get(name, "a class shapetrace cannot trace")
+        where_to = {
+            "unet": "a diffusers UNet instead (unet/ in a pipeline folder)",
+            "denoiser": "a UNet or a transformer instead (unet/ or transformer/ in a pipeline "
+            "folder)",
+            "text_encoder": "a CLIP text encoder instead (text_encoder/)",
+        }.get(family, f"{wanted[0].what} instead")
         raise ModelLoadError(
             f"{where} describes a {shorten(name, 60)[1:-1]} ({what}), not a {names}; "
-            f"point at the folder of {wanted[0].what} instead"
-            + (" (unet/ in a pipeline folder)" if family == "unet" else " (text_encoder/)")
+            f"point at the folder of {where_to}"
         )
     problems = [f"{key} is missing" for key in spec.required if key not in config]
     for key, rule in [*spec.required.items(), *spec.optional.items()]:

@@ -1,6 +1,7 @@
-"""``build_model``: a preset (``sd15``, ``tiny``, ``reference``) or a local diffusers UNet
-folder, on ``meta`` (shapes only, no memory), with seeded random weights, or with the folder's
-safetensors weights. Nothing is downloaded and nothing is unpickled."""
+"""``build_model``: a preset (``sd15``, ``sdxl``, ``flux``, ``tiny``, ...) or a local diffusers
+model folder (a UNet, or an SD3, Flux or PixArt transformer), on ``meta`` (shapes only, no
+memory), with seeded random weights, or with the folder's safetensors weights. Nothing is
+downloaded and nothing is unpickled."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from torch import nn
 
 from shapetrace._checks import check_device, check_dtype, check_seed, shorten, show
 from shapetrace.errors import ModelLoadError
-from shapetrace.models._build import built_from, denoiser_class, text_factory
+from shapetrace.models._build import built_from, denoiser_class, folder_native, text_factory
 from shapetrace.models._checkpoint import check_weights
 from shapetrace.models._config_checks import check_config
 from shapetrace.models.built import BuiltModel
 from shapetrace.models.presets import DENOISER, PRESETS, Preset, get_preset, read_config
 from shapetrace.reference.model import ReferenceModel
 
-__all__ = ["build_model", "check_unet_folder", "load_unet_folder"]
+__all__ = ["build_model", "check_folder", "check_unet_folder", "load_folder", "load_unet_folder"]
 
 Weights = Literal["meta", "random", "local"]
 _WEIGHTS: tuple[str, ...] = ("meta", "random", "local")
@@ -37,7 +38,7 @@ def build_model(
     dtype: torch.dtype | str = torch.float32,
     seed: int = 0,
 ) -> BuiltModel:
-    """Build a preset or a local UNet folder, in eval mode, ready for :meth:`BuiltModel.inputs`.
+    """Build a preset or a local model folder, in eval mode, ready for :meth:`BuiltModel.inputs`.
 
     ``weights`` defaults to ``"meta"`` on the meta device, otherwise ``"random"`` for presets
     (seeded with ``seed``; the global RNG is left as it was) and ``"local"`` for folders.
@@ -64,7 +65,7 @@ def build_model(
             )
         return _build_preset(preset, mode, dev, dtype, seed, part)
     mode = _weights_mode(weights, dev, default="local", where=str(path))
-    return load_unet_folder(path, weights=mode, device=dev, dtype=dtype, seed=seed)
+    return load_folder(path, weights=mode, device=dev, dtype=dtype, seed=seed)
 
 
 def _preset_and_part(name: str) -> tuple[Preset, str | None]:
@@ -88,7 +89,7 @@ def _as_path(name_or_path: str | Path) -> Path | None:
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ModelLoadError(
             f"model {shorten(name_or_path)} names no preset or folder; pass one of "
-            f"{', '.join(PRESETS)} or the path of a local diffusers UNet folder"
+            f"{', '.join(PRESETS)} or the path of a local diffusers model folder"
         )
     if name_or_path.partition(":")[0] in PRESETS:
         return None
@@ -140,18 +141,6 @@ def _instantiate(
     return nn.Module.to(module, device=dev, dtype=dtype).eval()
 
 
-def _unet_class() -> Any:
-    """diffusers' UNet2DConditionModel, imported on first use (diffusers is slow to import)."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel
-
-
-def _unet_built(module: nn.Module, name: str, mode: str, **extra: Any) -> BuiltModel:
-    """Wrap a UNet2DConditionModel, reading its context width and channels from its config."""
-    return built_from(module, "unet", name, mode, **extra)
-
-
 def _build_preset(
     preset: Preset, mode: str, dev: torch.device, dtype: torch.dtype, seed: int,
     part: str | None = None,
@@ -185,7 +174,7 @@ def _build_preset(
                       context_tokens=preset.context_tokens, native=native, description=description)
 
 
-def load_unet_folder(
+def load_folder(
     path: str | Path,
     *,
     weights: Weights = "local",
@@ -193,8 +182,10 @@ def load_unet_folder(
     dtype: torch.dtype | str = torch.float32,
     seed: int = 0,
 ) -> BuiltModel:
-    """A diffusers UNet folder (``config.json`` + ``diffusion_pytorch_model.safetensors``),
-    or a pipeline folder holding one in ``unet/``, checked before anything is loaded.
+    """A diffusers model folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) of a
+    UNet, SD3, Flux or PixArt transformer, or a pipeline folder holding one in ``unet/`` or
+    ``transformer/``, checked before anything is loaded. The class comes from the config's
+    ``_class_name`` (a config that names none is read as a UNet's).
 
     ``weights="local"`` reads the safetensors (never pickles); ``"meta"`` and ``"random"``
     build from ``config.json`` alone. Every problem is a ModelLoadError naming file and fix.
@@ -202,20 +193,22 @@ def load_unet_folder(
     Example::
 
         >>> unet.save_pretrained("tiny_unet", safe_serialization=True)
-        >>> load_unet_folder("tiny_unet").module.dtype
+        >>> load_folder("tiny_unet").module.dtype
         torch.float32
     """
     dev = check_device(device, "device")
     dtype = check_dtype(dtype, "dtype")
-    folder = _unet_folder(Path(path).expanduser())
-    config = _read_unet_config(folder)
-    name = folder.name if folder.name != "unet" else folder.parent.name
+    folder = _model_folder(Path(path).expanduser())
+    config, family = _read_model_config(folder)
+    cls = denoiser_class(family)
+    name = folder.name if folder.name not in _PARTS else folder.parent.name
+    facts: dict[str, Any] = {"source": folder, "native": folder_native(config, family)}
     if weights != "local":
-        unet = _instantiate(lambda: _unet_class().from_config(config), weights, dev, dtype, seed)
-        return _unet_built(unet, name, weights, source=folder)
-    variant = check_weights(folder, config)
+        model = _instantiate(lambda: cls.from_config(config), weights, dev, dtype, seed)
+        return built_from(model, family, name, weights, **facts)
+    variant = check_weights(folder, config, cls)
     try:
-        unet = _unet_class().from_pretrained(
+        model = cls.from_pretrained(
             folder,
             use_safetensors=True,
             local_files_only=True,
@@ -226,60 +219,75 @@ def load_unet_folder(
         )
     except Exception as err:  # diffusers raises OSError, ValueError, RuntimeError, ...
         raise ModelLoadError(
-            f"diffusers could not load the UNet in {folder}: {type(err).__name__}: {err}; "
-            "check that config.json matches the weights, or re-save the folder with "
+            f"diffusers could not load the {cls.__name__} in {folder}: {type(err).__name__}: "
+            f"{err}; check that config.json matches the weights, or re-save the folder with "
             "save_pretrained(folder, safe_serialization=True)"
         ) from err
-    return _unet_built(unet.to(dev).eval(), name, "local", source=folder)
+    return built_from(nn.Module.to(model, dev).eval(), family, name, "local", **facts)
 
 
-def check_unet_folder(path: str | Path, *, weights: bool = True) -> Path:
-    """The UNet folder ``path`` names (itself or its ``unet/``), with its config.json checked
-    and, with ``weights``, its safetensors checked against the config (headers only, no tensor
-    is read). ModelLoadError naming the file and the fix otherwise.
+#: The older name, from when folders could only hold a UNet.
+load_unet_folder = load_folder
+
+
+def check_folder(path: str | Path, *, weights: bool = True) -> Path:
+    """The model folder ``path`` names (itself, or its ``unet/`` or ``transformer/``), with its
+    config.json checked and, with ``weights``, its safetensors checked against the config
+    (headers only, no tensor is read). ModelLoadError naming the file and the fix otherwise.
 
     Example::
 
-        >>> check_unet_folder("stable-diffusion-v1-5")            # doctest: +SKIP
+        >>> check_folder("stable-diffusion-v1-5")            # doctest: +SKIP
         PosixPath('stable-diffusion-v1-5/unet')
     """
-    folder = _unet_folder(Path(path).expanduser())
-    config = _read_unet_config(folder)
+    folder = _model_folder(Path(path).expanduser())
+    config, family = _read_model_config(folder)
     if weights:
-        check_weights(folder, config)
+        check_weights(folder, config, denoiser_class(family))
     return folder
 
 
-def _unet_folder(path: Path) -> Path:
-    """The folder that holds the UNet's config.json (path itself or path/unet)."""
+#: The older name, from when folders could only hold a UNet.
+check_unet_folder = check_folder
+
+#: Where a pipeline folder keeps its denoiser.
+_PARTS = ("unet", "transformer")
+
+
+def _model_folder(path: Path) -> Path:
+    """The folder that holds the denoiser's config.json (path itself, path/unet or
+    path/transformer)."""
     try:
         exists = path.exists()
     except OSError:  # e.g. a name too long for the file system
         exists = False
     if not exists:
         raise ModelLoadError(
-            f"no folder at {show(path)}; pass a local diffusers UNet folder "
+            f"no folder at {show(path)}; pass a local diffusers model folder "
             f"(config.json + {_WEIGHTS_NAME}.safetensors) or a preset: {', '.join(PRESETS)}. "
             "shapetrace does not download from the Hugging Face Hub: fetch the model first"
         )
     if not path.is_dir():
         raise ModelLoadError(
             f"{path} is a file; pass the folder that holds config.json and "
-            f"{_WEIGHTS_NAME}.safetensors (for a pipeline, the folder with unet/ inside)"
+            f"{_WEIGHTS_NAME}.safetensors (for a pipeline, the folder with unet/ or "
+            "transformer/ inside)"
         )
-    if not (path / "config.json").is_file() and (path / "unet" / "config.json").is_file():
-        return path / "unet"
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(
-            f"no config.json in {path}; a diffusers UNet folder holds config.json and "
-            f"{_WEIGHTS_NAME}.safetensors (a pipeline folder holds them in unet/). "
-            "Write one with unet.save_pretrained(folder, safe_serialization=True)"
-        )
-    return path
+    if (path / "config.json").is_file():
+        return path
+    for part in _PARTS:
+        if (path / part / "config.json").is_file():
+            return path / part
+    raise ModelLoadError(
+        f"no config.json in {path}; a diffusers model folder holds config.json and "
+        f"{_WEIGHTS_NAME}.safetensors (a pipeline folder holds them in unet/ or transformer/). "
+        "Write one with model.save_pretrained(folder, safe_serialization=True)"
+    )
 
 
-def _read_unet_config(folder: Path) -> dict[str, Any]:
-    """Parse config.json and check it describes a UNet2DConditionModel."""
+def _read_model_config(folder: Path) -> tuple[dict[str, Any], str]:
+    """Parse config.json, check it describes a model shapetrace builds; return it and the
+    family to build."""
     file = folder / "config.json"
     try:
         config: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
@@ -289,5 +297,5 @@ def _read_unet_config(folder: Path) -> dict[str, Any]:
         ) from err
     if not isinstance(config, dict):
         raise ModelLoadError(f"{file} holds a {type(config).__name__}, not a JSON object")
-    check_config(config, where=str(file), family="unet", default="UNet2DConditionModel")
-    return config
+    spec = check_config(config, where=str(file), family="denoiser", default="UNet2DConditionModel")
+    return config, spec.family
