@@ -40,7 +40,7 @@ _SUBCOMMANDS: tuple[str, ...] = ("shapetrace.maps.cli",)
 
 PROCESSORS = ("AttnProcessor", "AttnProcessor2_0")
 DTYPES = ("float32", "float16", "bfloat16")
-KINDS = ("cross", "self")
+KINDS = ("cross", "joint", "self")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -123,7 +123,8 @@ def _add_trace(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     which.add_argument("--all", action="store_true", help="show the journey of every layer")
     p.add_argument(
-        "--kind", choices=KINDS, default=None, help="only cross- or self-attention layers"
+        "--kind", choices=KINDS, default=None,
+        help="only cross-, joint- (SD3, Flux) or self-attention layers",
     )
     p.add_argument(
         "--json", metavar="FILE", help="also write the journey as JSON ('-': to stdout only)"

@@ -54,7 +54,8 @@ def choose_layers(
     if kind is not None and not pool:
         raise ShapeTraceError(
             f"no {kind}-attention layer was traced; this journey has "
-            f"{len(journey.cross)} cross and {len(journey.self_attention)} self layer calls"
+            f"{len(journey.cross)} cross, {len(journey.joint)} joint and "
+            f"{len(journey.self_attention)} self layer calls"
         )
     if every:
         return list(pool)
