@@ -4,7 +4,7 @@
 compute), runs one forward at the size you ask and prints each attention layer's dimension
 journey::
 
-    $ shapetrace trace --height 256 --width 256            # seed 002's table, for real
+    $ shapetrace trace --height 256 --width 256            # the tutorial table's (1, 1024, 320), for real
     $ shapetrace trace --layer mid --kind cross --json journey.json
     $ shapetrace trace --model tiny --device cpu --all --markdown report.md
 
@@ -49,10 +49,11 @@ _LONGEST_WORD = 160
 
 _EXAMPLES = """\
 examples:
-  shapetrace trace --height 256 --width 256     seed 002's (1, 1024, 320) journey
+  shapetrace trace --height 256 --width 256     the tutorials' (1, 1024, 320) journey
   shapetrace trace --height 512 --width 768     non-square: first grid 64x96, 6144 tokens
   shapetrace trace --layer up.3 --kind cross    cross layers of up_blocks.3
   shapetrace trace --all --json journey.json    every layer, and the JSON journey
+  shapetrace trace --model sd3 --kind joint     SD3's joint attention (image and text together)
 """
 
 
