@@ -4,7 +4,7 @@
 compute), runs one forward at the size you ask and prints each attention layer's dimension
 journey::
 
-    $ shapetrace trace --height 256 --width 256            # the tutorial table's (1, 1024, 320), for real
+    $ shapetrace trace --height 256 --width 256            # the tutorial table, for real
     $ shapetrace trace --layer mid --kind cross --json journey.json
     $ shapetrace trace --model tiny --device cpu --all --markdown report.md
 

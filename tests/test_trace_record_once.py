@@ -145,6 +145,38 @@ def test_a_compiled_model_is_traced_without_recompiling() -> None:
             pass
 
 
+class Wrapped(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from shapetrace.reference import CrossAttention
+
+        self.attn = CrossAttention(64, 32, num_heads=4)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, context) * 2
+
+
+def test_a_later_trace_of_a_compiled_model_replays_what_the_first_learned() -> None:
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = Wrapped().eval()
+    compiled = torch.compile(model, backend="eager")
+    x, context = torch.randn(2, 10, 64), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        plain = compiled(x, context)
+        graphs = counters["stats"]["unique_graphs"]
+        first, later = run(compiled, [((x, context), {})]), run(compiled, [((x, context), {})])
+        assert torch.equal(compiled(x, context), plain)
+    assert counters["stats"]["unique_graphs"] == graphs
+    eager = run(model, [((x, context), {})])
+    assert contract(first) == contract(later) == contract(eager)
+    # the first trace ran an eager shadow forward, recorded and checked it; the later one ran
+    # none (a replay looks at no value, so it checked nothing)
+    assert first.layers[0].checked == 1 and later.layers[0].checked == 0
+    assert hook_count(model) == 0 and hook_count(compiled) == 0
+
+
 class Branchy(torch.nn.Module):
     """Runs one of two attention layers depending on its input's values: the same input
     signature can take either path."""
@@ -169,6 +201,39 @@ def test_a_call_off_the_known_path_is_counted_not_guessed_and_the_next_is_record
     assert off.skipped == {"unrecorded": 1} and off.layers == []
     again = run(model, [((down, context), {})])  # the stale path was dropped: recorded
     assert [x.name for x in again.layers] == ["b"] and not again.skipped
+
+
+class Unreadable(torch.nn.Module):
+    """Attention whose scores come from an elementwise product and a sum: no q·kᵀ to see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.to_q, self.to_k, self.to_v, self.to_out = (torch.nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        return self.to_out((q.unsqueeze(2) * k.unsqueeze(1)).sum(-1).softmax(-1) @ v)
+
+
+class HalfReadable(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.opaque = Unreadable()
+        self.mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mha(*(self.opaque(x),) * 3)[0]
+
+
+def test_a_layer_not_understood_is_listed_in_every_trace_not_only_the_first() -> None:
+    model = HalfReadable().eval()
+    inputs = [((torch.randn(1, 5, 8),), {})] * 2
+    journeys = [run(model, inputs) for _ in range(3)]
+    journeys.append(run(torch.compile(model, backend="eager"), inputs))
+    for journey in journeys:  # the first records; later ones, and the compiled, replay
+        assert [(n.name, "no score computation" in n.reason) for n in journey.not_understood] \
+            == [("opaque", True)]
+        assert [(x.name, x.calls) for x in journey.layers] == [("mha", 2)]
 
 
 def test_a_call_the_probes_could_not_be_given_is_an_error_in_the_store() -> None:

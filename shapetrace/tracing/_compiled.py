@@ -4,7 +4,8 @@ Hooks inside a compiled region break the graph and, added or removed, make dynam
 So a compiled model gets one hook, on the wrapper, outside the graph: a call with a new input
 signature first runs the original module eagerly, hooked as usual, to record the journey (the
 RNG state restored after, the output discarded), then the compiled forward runs untouched. A
-call of a signature seen before only counts towards the records its first call made.
+call of a signature seen before only counts towards the records its first call made; one seen
+in an earlier trace of the same model replays what that trace learned, with no eager forward.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from shapetrace.tracing._signature import signature
 
 if TYPE_CHECKING:
     from shapetrace.tracing._discover import Discovered
+    from shapetrace.tracing._hooks import CallHooks
     from shapetrace.tracing.tracer import Tracer
 
 __all__ = ["compiled_original", "shadow_hook"]
@@ -55,6 +57,10 @@ def shadow_hook(
                 record.calls += 1
             return
         hooks.journal.touched = []
+        if _replayed(hooks, original, found, args, kwargs):
+            seen[key] = list({id(r): r for r in hooks.journal.touched}.values())
+            hooks.journal.touched = None
+            return
         start = len(tracer._handles)
         tracer._install(found, root=original)
         try:
@@ -70,3 +76,28 @@ def shadow_hook(
         hooks.journal.touched = None
 
     return pre
+
+
+def _replayed(
+    hooks: CallHooks, original: nn.Module, found: Discovered, args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> bool:
+    """Count a call whose signature an earlier trace of ``original`` learned as a whole (the
+    same key the eager model call computes), with no forward; False when there is none, or
+    when every call or a monitor sample is asked for."""
+    if hooks.every_call or hooks.monitor_every is not None:
+        return False
+    processors = tuple(id(getattr(i.module, "processor", None)) for i in found.layers)
+    known = hooks.memory.roots.get(signature(args, kwargs, processors, original.training))
+    if known is None:
+        return False
+    names = {info.path: info.name for info in found.layers}
+    for path, _key, learned in known:
+        name = names.get(path, path)
+        call = hooks.counts.get(name, 0)
+        hooks.counts[name] = call + 1
+        if learned.record is None:
+            hooks.list_unread(learned.unread)
+        else:
+            hooks.journal.repeated(id(learned), learned.record, call)
+    return True

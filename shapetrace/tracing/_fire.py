@@ -48,7 +48,8 @@ def _mask(mask: torch.Tensor | None, batch: int, heads: int) -> torch.Tensor | N
     return mask
 
 
-def _wants(probe: Probe, record: LayerRecord) -> bool:
+def probe_wants(probe: Probe, record: LayerRecord) -> bool:
+    """Whether ``probe`` wants this layer's calls (a probe without ``wants`` wants them all)."""
     wants = getattr(probe, "wants", None)
     return wants is None or bool(wants(record))
 
@@ -67,7 +68,7 @@ def missed(probes: Sequence[Probe], record: LayerRecord, why: str) -> None:
 def fire_probes(probes: Sequence[Probe], state: CallState, record: LayerRecord) -> None:
     """Give the wanting probes this call's q, k, scale, mask and probabilities. A probe's own
     error is raised: it stops the forward, and the tracer adds a note naming the layer."""
-    wanted = [p for p in probes if _wants(p, record)]
+    wanted = [p for p in probes if probe_wants(p, record)]
     main = state.main
     if not wanted or main is None or main.query is None or main.key is None:
         return
@@ -95,15 +96,15 @@ def fire_probes(probes: Sequence[Probe], state: CallState, record: LayerRecord) 
 
 
 def fire_planned(
-    probes: Sequence[Probe],
+    wanted: Sequence[Probe],
     plan: Plan,
     captures: dict[int, torch.Tensor],
     record: LayerRecord,
     call_index: int,
 ) -> None:
-    """Give the wanting probes a call that ran without the recorder: q and k rebuilt from its
-    projections' outputs through the plan learned on a recorded call of its signature."""
-    wanted = [p for p in probes if _wants(p, record)]
+    """Give the probes that want it a call that ran without the recorder: q and k rebuilt
+    from its projections' outputs through the plan learned on a recorded call of its
+    signature."""
     q_module, k_module = plan.q.module(), plan.k.module()
     q_out = captures.get(id(q_module)) if q_module is not None else None
     k_out = captures.get(id(k_module)) if k_module is not None else None

@@ -22,7 +22,7 @@ from shapetrace.stages import Check
 from shapetrace.tracing import _monitors
 from shapetrace.tracing._call import CallState
 from shapetrace.tracing._discover import LayerInfo
-from shapetrace.tracing._fire import fire_planned, fire_probes
+from shapetrace.tracing._fire import fire_planned, fire_probes, probe_wants
 from shapetrace.tracing._geometry import Grid, first_tensor
 from shapetrace.tracing._inputs import layer_inputs, tag_inputs, tag_outputs
 from shapetrace.tracing._journal import Journal
@@ -91,7 +91,7 @@ class CallHooks:
         self.frames: list[Frame] = []
         self.counts: dict[str, int] = {}
         self.seen: dict[Hashable, int] = {}  # calls per signature key in this trace
-        self.wanted: dict[Hashable, bool] = {}
+        self.wanted: dict[Hashable, tuple[Probe, ...]] = {}  # key -> the probes that want it
         self.block_layers: dict[int, tuple[LayerInfo, ...]] = {}
         self.failed: CallState | FastCall | None = None
         self.deferred: list[Deferred] = []
@@ -108,13 +108,15 @@ class CallHooks:
         n = self.seen[key] = self.seen.get(key, 0) + 1
         return self.monitor_every is not None and (n - 1) % self.monitor_every == 0
 
+    def _wanting(self, key: Hashable, record: LayerRecord) -> tuple[Probe, ...]:
+        """The probes that want this layer at this signature (asked once per trace)."""
+        wanting = self.wanted.get(key)
+        if wanting is None:
+            wanting = self.wanted[key] = tuple(p for p in self.probes if probe_wants(p, record))
+        return wanting
+
     def _wants(self, key: Hashable, record: LayerRecord) -> bool:
-        if key not in self.wanted:
-            self.wanted[key] = any(
-                getattr(p, "wants", None) is None or bool(p.wants(record))  # type: ignore[attr-defined]
-                for p in self.probes
-            )
-        return self.wanted[key]
+        return bool(self._wanting(key, record))
 
     def _block(self) -> BlockFrame | None:
         return next((f for f in reversed(self.frames) if isinstance(f, BlockFrame)), None)
@@ -283,13 +285,17 @@ class CallHooks:
                 self.failed = frame
                 return
             record = frame.learned.record
-            if record is not None:
+            if record is None:
+                self.list_unread(frame.learned.unread)
+            else:
                 kept = self.journal.repeated(id(frame.learned), record, frame.call)
                 if kept.calls == 1 and self.session.monitors:  # its first call in this trace
                     self._check_values(kept, out)
                 plan = frame.learned.plan
-                if plan is not None and self.probes and self._wants(frame.key, record):
-                    fire_planned(self.probes, plan, frame.captures, kept, frame.call)
+                if plan is not None and self.probes:
+                    wanting = self._wanting(frame.key, record)
+                    if wanting:
+                        fire_planned(wanting, plan, frame.captures, kept, frame.call)
             return
         if self.session.calls and self.session.calls[-1] is frame:
             self.session.calls.pop()
@@ -316,10 +322,9 @@ class CallHooks:
         parent = self._block()
         reason = state.understood()
         if reason is not None:
-            if all(n.name != info.name for n in self.journey.not_understood):
-                entry = NotUnderstood(info.name, info.module_type, reason)
-                self.journey.not_understood.append(entry)
-            self.memory.layers.setdefault(state.key, Learned(None, None))
+            entry = NotUnderstood(info.name, info.module_type, reason)
+            self.list_unread(entry)
+            self.memory.layers.setdefault(state.key, Learned(None, None, entry))
             if parent is not None:
                 parent.plans.append(True)  # probes get nothing from it either way
             return
@@ -397,10 +402,16 @@ class CallHooks:
             self.failed = FastCall(info, _key, learned, call)  # type: ignore[arg-type]
             return
         if record is None:
+            self.list_unread(learned.unread)
             return
         kept = self.journal.repeated(id(learned), record, call)
         if kept.calls == 1 and self.session.monitors:
             self._check_values(kept, out)
+
+    def list_unread(self, entry: NotUnderstood | None) -> None:
+        """List a layer that ran but was not understood, once per journey."""
+        if entry is not None and all(n.name != entry.name for n in self.journey.not_understood):
+            self.journey.not_understood.append(entry)
 
     def capture(self, module: nn.Module, out: Any) -> None:
         """A projection ran: keep its output if a fast call's plan needs it."""

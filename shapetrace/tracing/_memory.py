@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from shapetrace.journey import LayerRecord
+from shapetrace.journey import LayerRecord, NotUnderstood
 from shapetrace.tracing._plan import Plan
 
 __all__ = ["Learned", "ModelMemory", "memory_of"]
@@ -18,10 +18,12 @@ __all__ = ["Learned", "ModelMemory", "memory_of"]
 
 @dataclass
 class Learned:
-    """One layer's journey at one signature, as recorded, and its probe plan (or None)."""
+    """One layer's journey at one signature, as recorded, and its probe plan (or None); for a
+    layer that ran but was not understood, why (said again in every trace it runs in)."""
 
     record: LayerRecord | None  # None: the layer ran but was not understood
     plan: Plan | None
+    unread: NotUnderstood | None = None
 
 
 @dataclass
