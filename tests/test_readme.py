@@ -150,3 +150,10 @@ def test_the_costs_in_the_readme_are_the_benchmarks() -> None:
     assert f"{untraced:.0f} ms a forward" in costs
     per_call = (tiny["subject"]["median"] - tiny["baseline"]["median"]) * 1000 / 32
     assert f"about {per_call:.1f} ms per attention call" in costs
+    for row in ("meta_forward_sd15_wall", "meta_forward_sdxl_wall", "meta_forward_flux_wall",
+                "cpu_sd15_wall", "cpu_tiny_wall", "cpu_tiny_capture_wall", "compile_warm_wall",
+                "compile_first_call"):
+        assert f"x{_bench(row)['ratio']:.2f}" in costs, row
+    summary = _bench("meta_wall")["baseline"]["median"] * 1000
+    enter_exit = _bench("cpu_sd15_enter_exit")["subject"]["median"] * 1000
+    assert f"({round(summary, -1):.0f} ms)" in costs and f"about {enter_exit:.2f} ms" in costs
