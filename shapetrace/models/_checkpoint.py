@@ -39,18 +39,18 @@ def check_weights(folder: Path, config: dict[str, Any], cls: Any = None) -> str 
     if wrong:  # the same names at other sizes: another model of the same family
         key = wrong[0]
         raise ModelLoadError(
-            f"{found[key][1]}: {len(wrong)} tensors have other shapes than config.json needs "
-            f"(e.g. {key}: {found[key][0]}, config.json needs {expected[key]}); the weights "
-            "and config.json come from different models: put the config.json that came "
-            "with the weights beside them"
+            f"{found[key][1].name}: the weights and config.json come from different models: "
+            f"{len(wrong)} tensors have other shapes than config.json needs (e.g. {key}: "
+            f"{found[key][0]}, config.json needs {expected[key]}); put the config.json that "
+            f"came with the weights beside them in {folder}"
         )
     if missing and foreign:  # not a cut-off file: a different model's weights
         raise ModelLoadError(
-            f"{folder}: the weights do not fit config.json: {len(missing)} of {len(expected)} "
-            f"tensors it needs are missing (e.g. {', '.join(missing[:2])}) and {len(foreign)} "
-            f"tensors in the weights are not part of it (e.g. {', '.join(foreign[:2])}); the "
-            "weights and config.json come from different models: put the config.json that "
-            "came with the weights beside them"
+            f"{folder}: the weights and config.json come from different models: "
+            f"{len(missing)} of {len(expected)} tensors config.json needs are missing (e.g. "
+            f"{', '.join(missing[:2])}) and {len(foreign)} tensors in the weights are not part "
+            f"of it (e.g. {', '.join(foreign[:2])}); put the config.json that came with the "
+            "weights beside them"
         )
     if missing:
         names = ", ".join(f.name for f in files)

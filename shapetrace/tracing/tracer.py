@@ -113,8 +113,8 @@ class Tracer:
     def __enter__(self) -> Journey:
         if self._used:
             raise ShapeTraceError(
-                "this Tracer was already used for a `with` block; its journey is complete. "
-                "Start a new one with shapetrace.trace(model)."
+                "this Tracer was already used for a `with` block and is not entered again: its "
+                "journey is complete. Start a new one with shapetrace.trace(model)."
             )
         self._used = True
         compiled = compiled_original(self.module)
