@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from shapetrace.journey import LayerRecord
+from shapetrace.tracing._hooks import CallHooks, model_signature
 from shapetrace.tracing._signature import signature
 
 if TYPE_CHECKING:
     from shapetrace.tracing._discover import Discovered
-    from shapetrace.tracing._hooks import CallHooks
     from shapetrace.tracing.tracer import Tracer
 
 __all__ = ["compiled_original", "shadow_hook"]
@@ -87,8 +87,8 @@ def _replayed(
     when every call or a monitor sample is asked for."""
     if hooks.every_call or hooks.monitor_every is not None:
         return False
-    processors = tuple(id(getattr(i.module, "processor", None)) for i in found.layers)
-    known = hooks.memory.roots.get(signature(args, kwargs, processors, original.training))
+    key = model_signature(found.layers, args, kwargs, original.training)
+    known = hooks.memory.roots.get(key)
     if known is None:
         return False
     names = {info.path: info.name for info in found.layers}

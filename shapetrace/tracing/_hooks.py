@@ -53,6 +53,14 @@ class FastCall:
     captures: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+def model_signature(
+    layers: Sequence[LayerInfo], args: tuple[Any, ...], kwargs: dict[str, Any], training: bool
+) -> Hashable:
+    """The key of a whole model call: its inputs' signature and every layer's processor."""
+    processors = tuple(id(getattr(i.module, "processor", None)) for i in layers)
+    return signature(args, kwargs, processors, training)
+
+
 @dataclass
 class Deferred:
     """A sum left on the device until the trace ends: one isfinite over all of them, one
@@ -136,8 +144,7 @@ class CallHooks:
         self.root_depth += 1
         if self.root_depth > 1:
             return
-        processors = tuple(id(getattr(i.module, "processor", None)) for i in self.layer_infos)
-        self.root_key = signature(args, kwargs, processors, module.training)
+        self.root_key = model_signature(self.layer_infos, args, kwargs, module.training)
         known = self.memory.roots.get(self.root_key)
         usable = known is not None and not self.every_call and self.monitor_every is None
         if usable and self.probes:
