@@ -84,3 +84,26 @@ def test_the_running_estimate_is_what_the_store_holds_at_each_detail(tiny, layer
         factor = 8 if detail == "head" else 1
         assert sum(v for k, v in cross.items() if k.resolution == (16, 16)) == per_layer * factor
         assert per_layer == 5 * 16 * 16 * 77 * 4
+
+
+@pytest.mark.parametrize("kinds", [("cross",), ("cross", "self")])
+def test_the_held_estimate_is_what_a_deferring_store_holds_when_the_forward_ends(
+    tiny, layers, kinds
+):
+    store = AttentionStore.for_batch(1, guidance=True, kinds=kinds)
+    est = estimate_memory(store, layers, batch=2)
+    held: list[int] = []
+    summed = store.on_forward_end
+
+    def at_end() -> None:  # what the store holds just before it sums
+        held.append(store._pending.held)
+        summed()
+
+    store.on_forward_end = at_end  # type: ignore[method-assign]
+    x, context = inputs()
+    with torch.no_grad(), store.capture(tiny.module):
+        tiny.module(x, 500, encoder_hidden_states=context)
+    assert held[0] == est.held > 0 and not store._pending
+    assert est.peak == est.running + est.scratch + est.held
+    assert "held until summed" in str(est)
+    assert estimate_memory(AttentionStore(defer=False), layers, batch=2).held == 0

@@ -37,14 +37,17 @@ class FakeCall:
     def compute_probs(
         self,
         dtype: torch.dtype = torch.float32,
-        rows: torch.Tensor | None = None,
+        rows: torch.Tensor | slice | None = None,
         *,
         grad: bool = False,
     ) -> torch.Tensor:
         """Like AttentionCall: materialized probabilities cost nothing; rows select."""
         if self.probs is None:
             self.computed += 1
-        probs = self._probs if rows is None else self._probs.index_select(0, rows)
+        if rows is None:
+            probs = self._probs
+        else:
+            probs = self._probs[rows] if isinstance(rows, slice) else self._probs.index_select(0, rows)
         return probs.to(dtype)
 
 
@@ -90,7 +93,44 @@ def test_materialized_probabilities_are_used_without_recomputing():
     assert call.computed == 0
     lazy = FakeCall(FakeLayer("l0"), random_probs(1, 2, 4))
     store.on_attention(lazy)
-    assert lazy.computed == 1
+    assert lazy.computed == 0  # deferred: summed when something reads the store
+    assert store.entries and lazy.computed == 1 and call.computed == 0
+
+
+def test_deferred_sums_equal_sums_made_call_by_call() -> None:
+    layers = [FakeLayer(f"l{i}") for i in range(3)]
+    probs = [random_probs(2, 2, 4, seed=i) for i in range(3)]
+    stores = [AttentionStore.for_batch(1, guidance=True, detail=d, defer=defer)
+              for d in ("resolution", "head") for defer in (True, False)]
+    for store in stores:
+        for layer, p in zip(layers, probs):
+            store.on_attention(FakeCall(layer, p))
+    for deferred, direct in (stores[:2], stores[2:]):
+        assert deferred.entries.keys() == direct.entries.keys()
+        for key, entry in direct.entries.items():
+            assert torch.equal(deferred.entries[key].total, entry.total)
+            assert deferred.entries[key].count == entry.count
+
+
+def test_a_call_changed_in_place_before_it_was_summed_is_refused_by_name() -> None:
+    store = AttentionStore()
+    call = FakeCall(FakeLayer("down.attn2"), random_probs(1, 2, 4))
+    store.on_attention(call)
+    call.query_heads.add_(1.0)  # the model writes into a tensor the call holds
+    with pytest.raises(ShapeTraceError, match=r"'down.attn2'.*changed in place.*defer=False"):
+        store.check()
+    direct = AttentionStore(defer=False)
+    direct.on_attention(call)
+    call.query_heads.add_(1.0)
+    assert direct.entries[("down", "cross", (2, 2), "")].calls == 1  # summed before the write
+
+
+def test_held_tensors_past_the_budget_are_summed_at_once() -> None:
+    store = AttentionStore()
+    store._pending.budget = 1  # every call's q and k hold more than a byte
+    call = FakeCall(FakeLayer("l0"), random_probs(1, 2, 4))
+    store.on_attention(call)
+    assert call.computed == 1 and len(store._pending) == 0
 
 
 def test_select_picks_the_conditional_row_of_each_prompt_under_guidance():

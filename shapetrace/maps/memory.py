@@ -6,7 +6,9 @@ of steps. Each captured call also needs scratch for its scores and probabilities
 (R, H, N, M) float32 tensors), freed after the call. With ``grad=True`` the autograd graph keeps,
 per captured call, the probabilities and the selected rows of q and k (float32) until the
 window closes; a materializing processor (``AttnProcessor``) already holds its probabilities,
-so there the graph costs less than this estimate.
+so there the graph costs less than this estimate. A deferring store (the default) also holds
+each captured call's q and k (their projection outputs, every row) until the model's call ends
+or ``BUDGET_BYTES`` of them are held (``held``).
 
 >>> est = estimate_memory(store, journey.layers, batch=2)         # doctest: +SKIP
 >>> print(est)                                                     # doctest: +SKIP
@@ -18,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from shapetrace.maps.rows import batch_rows, kept
 from shapetrace.maps.store import AttentionStore, MapKey
@@ -42,12 +46,13 @@ class MemoryEstimate:
     policy: str
     graph: int = 0
     window: str = "run"
+    held: int = 0
 
     @property
     def peak(self) -> int:
-        """Running sums + one forward's graph + one call's scratch: the most at once for a
-        "forward" or "step" window of one forward."""
-        return self.running + self.graph + self.scratch
+        """Running sums + one forward's graph + one call's scratch + the q and k a deferring
+        store holds: the most at once for a "forward" or "step" window of one forward."""
+        return self.running + self.graph + self.scratch + self.held
 
     def __str__(self) -> str:
         text = (
@@ -63,6 +68,8 @@ class MemoryEstimate:
                 "run": "held for the whole run, per forward: it grows",
             }[self.window]
             text += f"; autograd graph up to {format_bytes(self.graph)} per forward ({held})"
+        if self.held:
+            text += f"; q and k held until summed up to {format_bytes(self.held)}"
         return text
 
 
@@ -101,12 +108,14 @@ def estimate_memory(
     ``heads``, ``head_dim``), e.g. a meta-device journey's layers for one forward
     (``shapetrace.trace_model("sd15", height=512, width=512).layers``). Bytes per kept key:
     h*w*M*rows*4 (x heads with ``detail="head"``); scratch per call: 2*rows*H*h*w*M*4; graph
-    per call with ``grad``: rows*H*(h*w*M + (h*w + M)*head_dim)*4.
+    per call with ``grad``: rows*H*(h*w*M + (h*w + M)*head_dim)*4; held per call when the
+    store defers: batch*(h*w + M)*H*head_dim bytes of q and k in the layer's dtype, at most
+    the budget plus one call.
     """
     rows = store.rows if store.rows is not None else batch_rows(batch, guidance=False)
     r = len(kept(rows, store.keep))
     per_key: dict[MapKey, int] = {}
-    scratch = graph = count = 0
+    scratch = graph = count = held = biggest = 0
     for layer in layers:
         if layer.resolution is None or not store.selects(layer):
             continue
@@ -120,6 +129,9 @@ def estimate_memory(
         scratch = max(scratch, 2 * r * heads * n * m * FLOAT32)
         if store.grad:
             graph += r * heads * (n * m + (n + m) * _head_dim(layer)) * FLOAT32
+        if store.defer:
+            call = batch * (n + m) * heads * _head_dim(layer) * _itemsize(layer)
+            held, biggest = held + call, max(biggest, call)
     where = "/".join(store.places)
     res = (
         ""
@@ -139,4 +151,10 @@ def estimate_memory(
         policy=policy,
         graph=graph,
         window=store.window,
+        held=min(held, store.budget_bytes + biggest),
     )
+
+
+def _itemsize(layer: Any) -> int:
+    dtype = getattr(torch, str(getattr(layer, "dtype", "") or "float32"), torch.float32)
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else FLOAT32

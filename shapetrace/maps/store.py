@@ -50,6 +50,7 @@ from shapetrace.maps._store_settings import (
     check_names,
     check_resolutions,
 )
+from shapetrace.maps._deferred import Pending
 from shapetrace.maps._sums import CallLike, Key, MapKey, MapSum
 from shapetrace.maps.rows import RowLabel, batch_rows
 
@@ -73,6 +74,9 @@ class AttentionStore:
         window: "run", "step" or "forward" (see the module's doc).
         detail: "resolution", "layer" or "head": what one running sum holds.
         grad: keep the autograd graph (the forward must run with gradients enabled).
+        defer: sum each call's probabilities after the model's call rather than during it
+            (cheaper; q and k are held until then, at most 64 MiB of them); False sums each
+            call as it comes.
 
     Every setting is checked here; a bad one raises ``InputShapeError`` naming it.
     """
@@ -88,6 +92,7 @@ class AttentionStore:
         window: Window = "run",
         detail: Detail = "resolution",
         grad: bool = False,
+        defer: bool = True,
     ) -> None:
         self.kinds = check_names("kinds", kinds, KINDS)
         self.places = check_names("places", places, ALL_PLACES)
@@ -96,9 +101,12 @@ class AttentionStore:
         self.window: Window = check_choice("window", window, WINDOWS)  # type: ignore[assignment]
         self.detail: Detail = check_choice("detail", detail, DETAILS)  # type: ignore[assignment]
         self.grad = check_flag("grad", grad)
+        self.defer = check_flag("defer", defer)
         self._auto_rows = rows is None
         self.rows: tuple[RowLabel, ...] | None = None if rows is None else _rows.check_rows(rows)
-        self.entries: dict[MapKey, MapSum] = {}
+        self._entries: dict[MapKey, MapSum] = {}
+        self._pending = Pending()
+        self._shapes: dict[MapKey, tuple[int, ...]] = {}  # of each key's sum in this window
         self.errors: list[Exception] = []
         self.steps = 0
         self.forwards = 0
@@ -107,6 +115,7 @@ class AttentionStore:
         self._stale = False
         self._open = 0  # calls since the last forward boundary
         self._seen: set[tuple[str, int]] = set()
+        self._selection: tuple[Any, tuple[RowLabel, ...], torch.Tensor | slice] | None = None
 
     @classmethod
     def for_batch(
@@ -130,7 +139,7 @@ class AttentionStore:
         return (
             f"AttentionStore(kinds={self.kinds}, places={self.places}, resolutions={res}, "
             f"keep={self.keep!r}, window={self.window!r}, detail={self.detail!r}, "
-            f"grad={self.grad}, maps={len(self.entries)})"
+            f"grad={self.grad}, maps={len(self._entries)})"
         )
 
     # -- the probe protocol ---------------------------------------------------------------
@@ -174,6 +183,7 @@ class AttentionStore:
 
     def check(self) -> None:
         """Raise the first error a call raised in this store, if any."""
+        self._flush(raising=False)
         if self.errors:
             raise self.errors[0]
 
@@ -207,35 +217,81 @@ class AttentionStore:
         if self._stale:
             self._open_window()
         self._mark_call(layer, call)
-        kept = self._kept_rows(b, layer.name)
-        index = torch.tensor([r.row for r in kept], device=call.query_heads.device)
-        with torch.set_grad_enabled(self.grad):
-            probs = call.compute_probs(torch.float32, rows=index, grad=self.grad)
-            if tuple(probs.shape) != (len(kept), heads, n, m):
-                raise ShapeTraceError(
-                    f"layer {layer.name!r}: probabilities {tuple(probs.shape)} for rows "
-                    f"{index.tolist()}, expected (R, H, N, M) = {(len(kept), heads, n, m)}"
-                )
-            part = probs if self.detail == "head" else probs.sum(dim=1)  # (R, [H,] N, M)
-            name = "" if self.detail == "resolution" else str(layer.name)
-            key = MapKey(layer.place, layer.kind, (h, w), name)
-            entry = self.entries.get(key)
-            if entry is None:
-                total = part if self.grad else part.detach().clone()
-                entry = self.entries[key] = MapSum(total=total, heads=heads)
-            elif entry.total.shape != part.shape:
-                raise ShapeTraceError(
-                    f"layer {layer.name!r}: maps {tuple(part.shape)} do not match the "
-                    f"{tuple(entry.total.shape)} already stored for {tuple(key)}; the context "
-                    "length or batch changed within one window: call store.reset() between runs"
-                )
-            elif self.grad:
-                entry.total = entry.total + part
-            else:
-                entry.total.add_(part)
-        entry.count += heads
+        kept, rows = self._row_selection(b, layer.name, call.query_heads.device)
+        name = "" if self.detail == "resolution" else str(layer.name)
+        key = MapKey(layer.place, layer.kind, (h, w), name)
+        shape = (len(kept), heads, n, m) if self.detail == "head" else (len(kept), n, m)
+        known = self._shapes.setdefault(key, shape)
+        if known != shape:
+            raise ShapeTraceError(
+                f"layer {layer.name!r}: maps {shape} do not match the {known} already stored "
+                f"for {tuple(key)}; the context length or batch changed within one window: "
+                "call store.reset() between runs"
+            )
+        args = (str(layer.name), key, rows, (len(kept), heads, n, m))
+        # a running sum that keeps no graph is not built under autograd either
+        grad = self.grad and torch.is_grad_enabled()
+        if not self.defer:
+            with torch.set_grad_enabled(grad):
+                self._sum(call, *args)
+        elif self._pending.add(call, args, grad):
+            self._flush()
+
+    def _flush(self, *, raising: bool = True) -> None:
+        """Sum the calls accepted so far (see ``_deferred``); an error is kept like any
+        call's, and raised unless ``raising`` is False (an exception is already on its way)."""
+        if not self._pending:
+            return
+        try:
+            self._pending.drain(self._sum)
+        except Exception as err:
+            self.errors.append(err)
+            if raising:
+                raise
+
+    def on_forward_end(self) -> None:
+        """The traced model's call ended: sum the calls it handed over."""
+        self._flush()
+
+    @property
+    def budget_bytes(self) -> int:
+        """Bytes of q and k a deferring store holds before it sums at once."""
+        return self._pending.budget
+
+    @property
+    def entries(self) -> dict[MapKey, MapSum]:
+        """The running sums by key, with every call handed over so far summed in."""
+        self._flush()
+        return self._entries
+
+    def _sum(
+        self,
+        call: CallLike,
+        layer: str,
+        key: MapKey,
+        rows: torch.Tensor | slice,
+        expected: tuple[int, int, int, int],
+    ) -> None:
+        """Add one accepted call's probabilities (R, H, N, M) to the sum under ``key``."""
+        probs = call.compute_probs(torch.float32, rows=rows, grad=self.grad)
+        if probs.shape != expected:
+            raise ShapeTraceError(
+                f"layer {layer!r}: probabilities {tuple(probs.shape)} for the kept rows, "
+                f"expected (R, H, N, M) = {expected}"
+            )
+        part = probs if self.detail == "head" else probs.sum(dim=1)  # (R, [H,] N, M)
+        entry = self._entries.get(key)
+        if entry is None:
+            # the sum over heads is a new tensor; kept heads may be a view of the layer's own
+            total = part if self.grad or self.detail != "head" else part.detach().clone()
+            entry = self._entries[key] = MapSum(total=total, heads=expected[1])
+        elif self.grad:
+            entry.total = entry.total + part
+        else:
+            entry.total.add_(part)
+        entry.count += expected[1]
         entry.calls += 1
-        entry.layers.add(str(layer.name))
+        entry.layers.add(layer)
 
     def _mark_call(self, layer: Any, call: Any) -> None:
         """Count the call; in a "forward" window refuse a layer call seen twice."""
@@ -255,13 +311,36 @@ class AttentionStore:
         self._seen.add(mark)
 
     def _open_window(self) -> None:
-        self.entries.clear()
+        self._entries.clear()
+        self._shapes.clear()
         self._seen.clear()
         self._stale = False
         if self._auto_rows:
             self.rows = None
 
     # -- bookkeeping ---------------------------------------------------------------------
+    def _row_selection(
+        self, batch: int, layer_name: str, device: torch.device
+    ) -> tuple[tuple[RowLabel, ...], torch.Tensor | slice]:
+        """The kept rows and how to take them from the batch: a slice when they are
+        consecutive (a view, no copy), else an index on ``device``; cached per labels. With
+        ``grad`` always an index: autograd then saves a copy of the kept rows of q and k, not
+        the whole projection output a view would keep alive."""
+        cache_key = (self.rows, batch, self.keep, device)
+        cached = self._selection
+        if cached is not None and cached[0] == cache_key:
+            return cached[1], cached[2]
+        kept = self._kept_rows(batch, layer_name)
+        numbers = [r.row for r in kept]
+        first = numbers[0] if numbers else 0
+        rows: torch.Tensor | slice
+        if not self.grad and numbers == list(range(first, first + len(numbers))):
+            rows = slice(first, first + len(numbers))
+        else:
+            rows = torch.tensor(numbers, device=device)
+        self._selection = ((self.rows, batch, self.keep, device), kept, rows)
+        return kept, rows
+
     def _kept_rows(self, batch: int, layer_name: str) -> tuple[RowLabel, ...]:
         if self.rows is None:  # unlabelled: every row is its own prompt, no guidance
             self.rows = batch_rows(batch, guidance=False)
@@ -306,7 +385,8 @@ class AttentionStore:
         self._boundary()
         self.check()
 
-    def _boundary(self) -> None:
+    def _boundary(self, *, raising: bool = True) -> None:
+        self._flush(raising=raising)
         if self._open:
             self.forwards += 1
             self._open = 0
@@ -323,6 +403,7 @@ class AttentionStore:
 
     def reset(self) -> None:
         """Forget every stored map, error and count (the settings and row labels stay)."""
+        self._pending.clear()
         self._open_window()
         self.errors.clear()
         self.steps = self.forwards = self._open = 0
@@ -363,10 +444,14 @@ class AttentionStore:
         try:
             with trace(model, probes=probes, monitors=monitors) as journey:
                 yield journey
+        except BaseException:
+            for store in stores:  # the block failed: its error, not a store's, goes on
+                store._boundary(raising=False)
+            raise
         finally:
             handle.remove()
-            for store in stores:
-                store._boundary()
+        for store in stores:
+            store._boundary()
         for store in stores:
             store.check()
 

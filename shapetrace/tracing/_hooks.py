@@ -22,7 +22,7 @@ from shapetrace.stages import Check
 from shapetrace.tracing import _monitors
 from shapetrace.tracing._call import CallState
 from shapetrace.tracing._discover import LayerInfo
-from shapetrace.tracing._fire import fire_planned, fire_probes, probe_wants
+from shapetrace.tracing._fire import fire_planned, fire_probes, missed, probe_wants
 from shapetrace.tracing._geometry import Grid, first_tensor
 from shapetrace.tracing._inputs import layer_inputs, tag_inputs, tag_outputs
 from shapetrace.tracing._journal import Journal
@@ -108,6 +108,7 @@ class CallHooks:
         self.replay: tuple[tuple[str, Hashable, Learned], ...] | None = None
         self.step = 0
         self.observed: list[tuple[str, Hashable]] | None = None
+        self.loose: dict[int, torch.Tensor] = {}  # projection outputs kept during a light replay
         self.layer_infos: tuple[LayerInfo, ...] = ()
         self.ensure: Callable[[str], None] = lambda _mode: None
 
@@ -151,9 +152,21 @@ class CallHooks:
             usable = not any(self._needs_recorder(key, learned) for _p, key, learned in known or ())
         self.replay, self.step = (known if usable else None), 0
         self.observed = []
-        # with probes, replay through the full hooks: a call off the known path is then
-        # recorded from its own signature instead of being missed
-        self.ensure("full" if self.replay is None or self.probes else "light")
+        self.loose.clear()
+        self.ensure("full" if self.replay is None else "light")
+        if self.replay is not None and self.probes:
+            self._hook_planned(self.replay)
+
+    def _hook_planned(self, replay: tuple[tuple[str, Hashable, Learned], ...]) -> None:
+        """Capture hooks on the q and k projections of the layers the probes want, so the
+        light replay gives them q and k through each layer's plan."""
+        for _path, key, learned in replay:
+            plan, record = learned.plan, learned.record
+            if plan is not None and record is not None and self._wants(key, record):
+                for side in (plan.q, plan.k):
+                    module = side.module()
+                    if module is not None:
+                        self.hook_capture(module)
 
     def root_post(self, *, failed: bool = False) -> None:
         self.root_depth = max(self.root_depth - 1, 0)
@@ -164,6 +177,17 @@ class CallHooks:
                 if len(steps) == len(self.observed):  # every call of it was understood
                     self.memory.roots[self.root_key] = tuple(steps)
             self.replay = self.observed = self.root_key = None
+            self.loose.clear()
+            if not failed:
+                self.forward_ended()
+
+    def forward_ended(self) -> None:
+        """Tell the probes that have ``on_forward_end`` that the model's call (or the trace)
+        ended: a store sums the calls it deferred."""
+        for probe in self.probes:
+            end = getattr(probe, "on_forward_end", None)
+            if callable(end):
+                end()
 
     def _replayed(self, info: LayerInfo) -> tuple[Hashable, Learned] | None:
         """The next known call, if it is this layer's."""
@@ -397,6 +421,8 @@ class CallHooks:
             if self.root_key is not None:
                 self.memory.roots.pop(self.root_key, None)
             self.replay = self.observed = None  # this call teaches no path either
+            if self.probes:
+                self._missed_off_path(info)
             return
         self.step += 1
         _path, _key, learned = replay[step]
@@ -414,6 +440,32 @@ class CallHooks:
         kept = self.journal.repeated(id(learned), record, call)
         if kept.calls == 1 and self.session.monitors:
             self._check_values(kept, out)
+        plan = learned.plan
+        if plan is not None and self.probes:
+            wanting = self._wanting(_key, record)
+            if wanting:
+                fire_planned(wanting, plan, self.loose, kept, call)
+                self.loose.clear()
+
+    def _missed_off_path(self, info: LayerInfo) -> None:
+        """A light replay met a layer call off the known path: it ran without the recorder
+        and without its projections kept, so the probes that would want it are told (a map
+        store keeps that as an error; the next model call records with every hook)."""
+        why = (
+            "the model took another path than its earlier call with the same input "
+            "signature, so this call ran unrecorded; a model whose attention path depends on "
+            "input values needs trace(..., every_call=True)"
+        )
+        known = next((learned.record for (path, _k), learned in self.memory.layers.items()
+                      if path == info.path and learned.record is not None), None)
+        if known is not None:
+            wanting = [p for p in self.probes if probe_wants(p, known)]
+            if wanting:
+                missed(wanting, replace(known, checks=[]), why)
+            return
+        # never recorded: there is no kind or grid to ask the probes with, so all of them hear
+        unknown = LayerRecord(info.name, "", "", None, "", 0, 0, module_type=info.module_type)
+        missed(self.probes, unknown, why)
 
     def list_unread(self, entry: NotUnderstood | None) -> None:
         """List a layer that ran but was not understood, once per journey."""
@@ -422,6 +474,12 @@ class CallHooks:
 
     def capture(self, module: nn.Module, out: Any) -> None:
         """A projection ran: keep its output if a fast call's plan needs it."""
-        top = self.frames[-1] if self.frames else None
-        if isinstance(top, FastCall) and isinstance(out, torch.Tensor):
+        if not isinstance(out, torch.Tensor):
+            return
+        if not self.frames:
+            if self.replay is not None:  # a light replay: the layer's post-hook takes it
+                self.loose[id(module)] = out
+            return
+        top = self.frames[-1]
+        if isinstance(top, FastCall):
             top.captures[id(module)] = out

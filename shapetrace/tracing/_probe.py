@@ -57,7 +57,7 @@ class AttentionCall:
     def compute_probs(
         self,
         dtype: torch.dtype = torch.float32,
-        rows: torch.Tensor | None = None,
+        rows: torch.Tensor | slice | None = None,
         *,
         grad: bool = False,
     ) -> torch.Tensor:
@@ -65,32 +65,37 @@ class AttentionCall:
         for a joint layer the image-query x text-key block of the joint softmax (normalized
         over every key, so a row sums to the share of attention the text gets).
 
-        ``rows`` (a 1-D index of batch rows) computes only those rows: under classifier-free
-        guidance a store that keeps the conditional half pays for half. ``grad=True`` keeps
-        the autograd graph back to q and k (and so to the latents and the model's weights)
-        when the forward runs with gradients enabled, for losses on the maps
+        ``rows`` (a 1-D index of batch rows, or a slice of them) computes only those rows:
+        under classifier-free guidance a store that keeps the conditional half pays for half.
+        ``grad=True`` keeps the autograd graph back to q and k (and so to the latents and the
+        model's weights) when the forward runs with gradients enabled, for losses on the maps
         (Attend-and-Excite, Break-a-Scene); by default nothing is recorded for autograd.
         """
-        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            if self.probs is not None:
-                probs = self.probs if rows is None else self.probs.index_select(0, rows)
-                return self._cross_block(probs, keys_only=False).to(dtype)
-            q, k, mask = self.query_heads, self.key_heads, self.mask
-            if rows is not None:
-                q, k = q.index_select(0, rows), k.index_select(0, rows)
-                if mask is not None and mask.dim() == 4 and mask.shape[0] > 1:
-                    mask = mask.index_select(0, rows)
-            if self.query_tokens is not None:
-                q = q[:, :, self.query_tokens]
-                if mask is not None and mask.dim() == 4 and mask.shape[2] > 1:
-                    mask = mask[:, :, self.query_tokens]
-            scores = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * self.scale
-            if mask is not None:
-                if mask.dtype == torch.bool:
-                    scores = scores.masked_fill(~mask, float("-inf"))
-                else:
-                    scores = scores + mask.to(dtype)
-            return self._cross_block(scores.softmax(dim=-1), keys_only=True)
+        if torch.is_grad_enabled() and not grad:
+            with torch.no_grad():
+                return self._probs(dtype, rows)
+        return self._probs(dtype, rows)
+
+    def _probs(self, dtype: torch.dtype, rows: torch.Tensor | slice | None) -> torch.Tensor:
+        if self.probs is not None:
+            probs = self.probs if rows is None else _rows(self.probs, rows)
+            return self._cross_block(probs, keys_only=False).to(dtype)
+        q, k, mask = self.query_heads, self.key_heads, self.mask
+        if rows is not None:
+            q, k = _rows(q, rows), _rows(k, rows)
+            if mask is not None and mask.dim() == 4 and mask.shape[0] > 1:
+                mask = _rows(mask, rows)
+        if self.query_tokens is not None:
+            q = q[:, :, self.query_tokens]
+            if mask is not None and mask.dim() == 4 and mask.shape[2] > 1:
+                mask = mask[:, :, self.query_tokens]
+        scores = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)).mul_(self.scale)
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            else:
+                scores = scores + mask.to(dtype)
+        return self._cross_block(scores.softmax(dim=-1), keys_only=True)
 
     def _cross_block(self, probs: torch.Tensor, *, keys_only: bool) -> torch.Tensor:
         if not keys_only and self.query_tokens is not None:
@@ -100,9 +105,16 @@ class AttentionCall:
         return probs
 
 
+def _rows(t: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
+    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
+
+
 @runtime_checkable
 class Probe(Protocol):
     """Anything with ``on_attention(call)``; an optional ``wants(layer) -> bool`` says which
-    layers it wants (the tracer then skips the others)."""
+    layers it wants (the tracer then skips the others), an optional ``on_missed(layer, why)``
+    hears of a wanted call it could not be given, and an optional ``on_forward_end()`` is
+    called when the traced model's call ends and when the trace does (a probe that defers
+    work does it there)."""
 
     def on_attention(self, call: AttentionCall) -> None: ...

@@ -166,6 +166,7 @@ class Tracer:
         self._remove()
         if hooks is not None and exc is None:
             hooks.resolve()
+            hooks.forward_ended()
         if exc is not None:
             if isinstance(exc, Exception) and not isinstance(exc, ShapeTraceError) and failed:
                 _add_note(exc, f"shapetrace: raised inside attention layer {failed.info.name!r} "
