@@ -44,10 +44,11 @@ class FakeCall:
         """Like AttentionCall: materialized probabilities cost nothing; rows select."""
         if self.probs is None:
             self.computed += 1
-        if rows is None:
-            probs = self._probs
-        else:
-            probs = self._probs[rows] if isinstance(rows, slice) else self._probs.index_select(0, rows)
+        probs = self._probs
+        if isinstance(rows, slice):
+            probs = probs[rows]
+        elif rows is not None:
+            probs = probs.index_select(0, rows)
         return probs.to(dtype)
 
 

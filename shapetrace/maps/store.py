@@ -35,6 +35,7 @@ from torch import nn
 
 from shapetrace.errors import InputShapeError, ShapeTraceError
 from shapetrace.maps import rows as _rows
+from shapetrace.maps._deferred import Pending
 from shapetrace.maps._store_settings import (
     ALL_PLACES,
     DEFAULT_KINDS,
@@ -50,7 +51,6 @@ from shapetrace.maps._store_settings import (
     check_names,
     check_resolutions,
 )
-from shapetrace.maps._deferred import Pending
 from shapetrace.maps._sums import CallLike, Key, MapKey, MapSum
 from shapetrace.maps.rows import RowLabel, batch_rows
 

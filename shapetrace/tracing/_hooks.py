@@ -456,8 +456,11 @@ class CallHooks:
             "signature, so this call ran unrecorded; a model whose attention path depends on "
             "input values needs trace(..., every_call=True)"
         )
-        known = next((learned.record for (path, _k), learned in self.memory.layers.items()
-                      if path == info.path and learned.record is not None), None)
+        known = None
+        for key, learned in self.memory.layers.items():  # keys are (layer path, signature)
+            if key[0] == info.path and learned.record is not None:  # type: ignore[index]
+                known = learned.record
+                break
         if known is not None:
             wanting = [p for p in self.probes if probe_wants(p, known)]
             if wanting:
