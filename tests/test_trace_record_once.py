@@ -203,6 +203,56 @@ def test_a_call_off_the_known_path_is_counted_not_guessed_and_the_next_is_record
     assert [x.name for x in again.layers] == ["b"] and not again.skipped
 
 
+class Missing:
+    """A probe that keeps the calls it gets and the ones it was told it missed."""
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+        self.missed: list[tuple[str, str]] = []
+
+    def on_attention(self, call) -> None:
+        self.got.append(call.layer.name)
+
+    def on_missed(self, layer, why: str) -> None:
+        self.missed.append((layer.name, why))
+
+
+def test_probes_hear_of_a_call_off_the_known_path_and_get_the_next_one() -> None:
+    model = Branchy().eval()
+    context = torch.randn(1, 3, 8)
+    up, down = torch.ones(1, 4, 16), -torch.ones(1, 4, 16)
+    first, off, again = Missing(), Missing(), Missing()
+    run(model, [((up, context), {})], probes=[first])  # learns the path through `a`
+    run(model, [((down, context), {})], probes=[off])  # replayed light: `b` is off the path
+    run(model, [((down, context), {})], probes=[again])  # the stale path was dropped
+    assert first.got == ["a"] and not first.missed
+    assert off.got == [] and [name for name, _ in off.missed] == ["b"]
+    assert "another path" in off.missed[0][1] and "every_call=True" in off.missed[0][1]
+    assert again.got == ["b"] and not again.missed
+
+
+def test_a_light_replay_gives_a_store_the_maps_of_recording_every_call() -> None:
+    from shapetrace.maps import AttentionStore
+
+    built = build_model("tiny", device="cpu", seed=0)
+    inputs = [built.inputs(64, 64, 2, seed=s) for s in range(3)]
+    stores = [AttentionStore.for_batch(1, guidance=True, kinds=("cross", "self"))
+              for _ in range(2)]
+    run(built.module, inputs, every_call=True, probes=[stores[0]], monitors=False)
+    attn = built.module.down_blocks[0].attentions[0].transformer_blocks[0].attn2
+    with torch.no_grad(), shapetrace.trace(built.module, probes=[stores[1]], monitors=False):
+        for args, kwargs in inputs:
+            built.module(*args, **kwargs)
+            # the replay ran with post-hooks only: no pre-hook on the layer, none on its block
+            assert not attn._forward_pre_hooks and len(attn._forward_hooks) == 1
+    every, light = stores[0].entries, stores[1].entries
+    assert every.keys() == light.keys() and {k.kind for k in every} == {"cross", "self"}
+    for key, entry in every.items():
+        assert (light[key].calls, light[key].count) == (entry.calls, entry.count)
+        torch.testing.assert_close(light[key].total, entry.total, rtol=0, atol=1e-6)
+    assert hook_count(built.module) == 0
+
+
 class Unreadable(torch.nn.Module):
     """Attention whose scores come from an elementwise product and a sum: no q·kᵀ to see."""
 
