@@ -151,8 +151,9 @@ def rows(s: Settings, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     f"{clock} time, AttentionStore under guidance vs no capture ({where})",
                     cap, base, unit="s", group=GROUP, paired=True,
                     target=CAPTURE if clock == "wall" else None,
-                    note="store.capture(unet) around each forward: probabilities computed "
-                         "beside the layers for the kept (conditional) rows",
+                    note="store.capture(unet) around each forward: each cross call's q and k "
+                         "handed over through the learned plan, probabilities of the kept "
+                         "(conditional) rows summed when the forward ends",
                 ))
         if model == "sd15" and facts.get("enter_exit_s"):
             budget = Series("budget", [0.001])

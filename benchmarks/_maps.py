@@ -168,7 +168,8 @@ def rows(s: Settings, memory: list[dict[str, Any]], timing: dict[str, Any]) -> l
                 group=GROUP,
                 paired=True,
                 note=f"{s.maps_time_pairs} ABBA pairs after a warm-up; capture computes "
-                "softmax(q kᵀ) beside each cross-attention call",
+                "softmax(q kᵀ) of each cross-attention call's kept rows, summed when each "
+                "forward ends",
                 extra={"build_s": timing.get("facts", {}).get("build_s")},
             )
         )

@@ -29,7 +29,7 @@ class Settings:
     meta_memory_reps: int = 3
     # 2. a real CPU forward, traced against untraced
     cpu_cases: tuple[tuple[str, int, int, int, int, int], ...] = (
-        ("tiny", 64, 64, 2, 21, 2),  # model, height, width, batch, pairs, warm-up
+        ("tiny", 64, 64, 2, 61, 2),  # model, height, width, batch, pairs, warm-up
         ("sd15", 256, 256, 1, 7, 1),
     )
     # 3. per-token map capture over a denoising loop (tiny UNet)
@@ -51,7 +51,7 @@ class Settings:
     compile_model: str = "tiny"
     compile_size: tuple[int, int, int] = (64, 64, 2)
     compile_backend: str = "inductor"
-    compile_pairs: int = 15
+    compile_pairs: int = 41
     timeout_s: int = 1500
     # memory workers: large blocks are mmapped and unmapped on free, so peak RSS follows live
     # memory instead of what glibc keeps cached (isolated runs only)

@@ -136,3 +136,19 @@ def test_a_query_scaled_before_the_score_op_is_not_scaled_twice_for_probes() -> 
     want = torch.softmax(q @ k.transpose(-1, -2) / 2, dim=-1)
     assert journey.layers[0].scale == pytest.approx(0.5) and journey.layers[0].ok
     torch.testing.assert_close(probe.blocks[0], want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [None, slice(1, 2), torch.tensor([1])])
+def test_compute_probs_is_float32_softmax_even_under_autocast(rows) -> None:
+    from shapetrace.journey import LayerRecord
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 64, 8, generator=g), torch.randn(2, 3, 9, 8, generator=g)
+    call = AttentionCall(LayerRecord("l", "cross", "down", (8, 8), "p", 3, 8), q, k, 0.3)
+    picked = slice(None) if rows is None else rows
+    reference = (q.double()[picked] @ k.double()[picked].transpose(-1, -2) * 0.3).softmax(-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (q @ k.transpose(-1, -2)).dtype == torch.bfloat16  # autocast is on here
+        probs = call.compute_probs(torch.float32, rows=rows)
+    assert probs.dtype == torch.float32
+    torch.testing.assert_close(probs.double(), reference, rtol=0, atol=1e-6)

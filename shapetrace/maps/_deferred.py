@@ -27,15 +27,11 @@ __all__ = ["BUDGET_BYTES", "Pending", "PendingCall"]
 BUDGET_BYTES = 64 * 2**20
 
 
-def _held(tensors: tuple[torch.Tensor, ...]) -> int:
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-    return sum(storages.values())
-
-
 def _tensors(call: Any) -> tuple[torch.Tensor, ...]:
     probs = getattr(call, "probs", None)
-    extra = (probs,) if isinstance(probs, torch.Tensor) else ()
-    return (call.query_heads, call.key_heads, *extra)
+    if isinstance(probs, torch.Tensor):
+        return (call.query_heads, call.key_heads, probs)
+    return (call.query_heads, call.key_heads)
 
 
 @dataclass
@@ -60,10 +56,9 @@ class Pending:
     def add(self, call: Any, args: tuple[Any, ...], grad: bool) -> bool:
         """Keep a call; True when the held bytes passed the budget (sum now)."""
         tensors = _tensors(call)
-        versions = tuple(t._version for t in tensors)
-        self.items.append(PendingCall(call, args, grad, versions))
-        if all(t.device.type != "meta" for t in tensors):
-            self.held += _held(tensors)
+        self.items.append(PendingCall(call, args, grad, tuple(t._version for t in tensors)))
+        if tensors[0].device.type != "meta":  # whole storages: a view keeps all of its alive
+            self.held += sum(t.untyped_storage().nbytes() for t in tensors)
         return self.held > self.budget
 
     def drain(self, sum_one: Callable[..., None]) -> None:

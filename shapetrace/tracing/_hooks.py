@@ -75,6 +75,18 @@ class Deferred:
 Frame = BlockFrame | CallState | FastCall | None
 
 
+def _set_check(item: Deferred, ok: bool) -> None:
+    """The verdict of one deferred sum on its record: added, or a pass turned into a fail."""
+    checks = item.record.checks
+    detail = f"{item.what} finite" if ok else f"{item.what} has NaN or inf"
+    for i, check in enumerate(checks):
+        if check.name == item.name:
+            if check.ok and not ok:
+                checks[i] = Check(item.name, False, detail)
+            return
+    checks.append(Check(item.name, ok, detail))
+
+
 class CallHooks:
     """The per-call side of a tracer: frames, decisions, records."""
 
@@ -151,7 +163,7 @@ class CallHooks:
         if usable and self.probes:
             usable = not any(self._needs_recorder(key, learned) for _p, key, learned in known or ())
         self.replay, self.step = (known if usable else None), 0
-        self.observed = []
+        self.observed = None if known is not None else []  # a known path is not learned again
         self.loose.clear()
         self.ensure("full" if self.replay is None else "light")
         if self.replay is not None and self.probes:
@@ -395,20 +407,11 @@ class CallHooks:
         groups: dict[tuple[torch.device, torch.dtype], list[Deferred]] = {}
         for item in self.deferred:
             groups.setdefault((item.total.device, item.total.dtype), []).append(item)
-        flags: dict[int, bool] = {}
+        self.deferred = []
         for items in groups.values():
-            sums = torch.stack([i.total for i in items])
-            flags.update(zip((id(i) for i in items), torch.isfinite(sums).tolist()))
-        for item in self.deferred:
-            ok = flags[id(item)]
-            detail = f"{item.what} finite" if ok else f"{item.what} has NaN or inf"
-            checks = item.record.checks
-            at = next((i for i, c in enumerate(checks) if c.name == item.name), None)
-            if at is None:
-                checks.append(Check(item.name, ok, detail))
-            elif checks[at].ok and not ok:
-                checks[at] = Check(item.name, False, detail)
-        self.deferred.clear()
+            flags = torch.isfinite(torch.stack([i.total for i in items])).tolist()
+            for item, ok in zip(items, flags):
+                _set_check(item, ok)
 
     def light_end(self, info: LayerInfo, out: Any) -> None:
         """A layer finished during a replayed model call (only post-hooks are in): count it,

@@ -71,6 +71,10 @@ class AttentionCall:
         model's weights) when the forward runs with gradients enabled, for losses on the maps
         (Attend-and-Excite, Break-a-Scene); by default nothing is recorded for autograd.
         """
+        device = self.query_heads.device.type
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):  # probabilities in ``dtype``, always
+                return self.compute_probs(dtype, rows, grad=grad)
         if torch.is_grad_enabled() and not grad:
             with torch.no_grad():
                 return self._probs(dtype, rows)
@@ -89,7 +93,7 @@ class AttentionCall:
             q = q[:, :, self.query_tokens]
             if mask is not None and mask.dim() == 4 and mask.shape[2] > 1:
                 mask = mask[:, :, self.query_tokens]
-        scores = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)).mul_(self.scale)
+        scores = _scores(q.to(dtype), k.to(dtype), self.scale)
         if mask is not None:
             if mask.dtype == torch.bool:
                 scores = scores.masked_fill(~mask, float("-inf"))
@@ -103,6 +107,25 @@ class AttentionCall:
         if self.key_tokens is not None:
             probs = probs[..., self.key_tokens]
         return probs
+
+
+_ZEROS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """q kᵀ · scale as one batched product with the scale folded in (what diffusers'
+    ``get_attention_scores`` computes): (B, H, N, d) x (B, H, M, d) -> (B, H, N, M)."""
+    b, h, n, d = q.shape
+    m = k.shape[2]
+    if k.shape[:2] != (b, h):  # broadcast heads or batch: the general product
+        return torch.matmul(q, k.transpose(-1, -2)) * scale
+    zero = _ZEROS.get((q.device, q.dtype))
+    if zero is None:  # beta=0 ignores it; a 0-dim tensor broadcasts to any shape
+        zero = _ZEROS[(q.device, q.dtype)] = torch.zeros((), device=q.device, dtype=q.dtype)
+    keys = k.reshape(b * h, m, d).transpose(1, 2)
+    return torch.baddbmm(zero, q.reshape(b * h, n, d), keys, beta=0.0, alpha=scale).view(
+        b, h, n, m
+    )
 
 
 def _rows(t: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
