@@ -87,23 +87,24 @@ def test_the_running_estimate_is_what_the_store_holds_at_each_detail(tiny, layer
 
 
 @pytest.mark.parametrize("kinds", [("cross",), ("cross", "self")])
-def test_the_held_estimate_is_what_a_deferring_store_holds_when_the_forward_ends(
+def test_the_held_estimate_is_the_most_a_deferring_store_holds_before_it_sums(
     tiny, layers, kinds
 ):
     store = AttentionStore.for_batch(1, guidance=True, kinds=kinds)
     est = estimate_memory(store, layers, batch=2)
-    held: list[int] = []
-    summed = store.on_forward_end
+    held: list[tuple[int, int]] = []  # (calls, bytes) held each time the store sums
+    drain = store._pending.drain
 
-    def at_end() -> None:  # what the store holds just before it sums
-        held.append(store._pending.held)
-        summed()
+    def counted(sum_one) -> None:
+        held.append((len(store._pending), store._pending.held))
+        drain(sum_one)
 
-    store.on_forward_end = at_end  # type: ignore[method-assign]
+    store._pending.drain = counted  # type: ignore[method-assign]
     x, context = inputs()
     with torch.no_grad(), store.capture(tiny.module):
         tiny.module(x, 500, encoder_hidden_states=context)
-    assert held[0] == est.held > 0 and not store._pending
+    assert max(b for _n, b in held) == est.held > 0 and not store._pending
+    assert max(n for n, _b in held) == 4 and sum(n for n, _b in held) == est.layers
     assert est.peak == est.running + est.scratch + est.held
     assert "held until summed" in str(est)
     assert estimate_memory(AttentionStore(defer=False), layers, batch=2).held == 0

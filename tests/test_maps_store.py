@@ -294,3 +294,13 @@ def test_a_joint_layer_is_read_as_cross_attention_by_aggregate_and_the_recipes()
     torch.testing.assert_close(attend_excite_maps(store, res=4), expected)
     assert not AttentionStore(kinds=("self",)).wants(layer)
     assert "transformer" in ledits_store().places
+
+
+def test_kept_rows_are_taken_as_a_view_when_consecutive_and_allowed() -> None:
+    from shapetrace.maps.rows import taker
+
+    rows = batch_rows(2, guidance=True)  # u0, u1, c0, c1
+    cond = [r for r in rows if r.branch == "cond"]
+    assert taker(cond, torch.device("cpu"), view=True) == slice(2, 4)
+    assert taker(cond, torch.device("cpu"), view=False).tolist() == [2, 3]
+    assert taker([rows[0], rows[2]], torch.device("cpu"), view=True).tolist() == [0, 2]

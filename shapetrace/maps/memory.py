@@ -7,8 +7,8 @@ of steps. Each captured call also needs scratch for its scores and probabilities
 per captured call, the probabilities and the selected rows of q and k (float32) until the
 window closes; a materializing processor (``AttnProcessor``) already holds its probabilities,
 so there the graph costs less than this estimate. A deferring store (the default) also holds
-each captured call's q and k (their projection outputs, every row) until the model's call ends
-or ``BUDGET_BYTES`` of them are held (``held``).
+the q and k (their projection outputs, every row) of up to ``MAX_CALLS`` captured calls, and
+at most ``BUDGET_BYTES`` of them, before it sums them (``held``).
 
 >>> est = estimate_memory(store, journey.layers, batch=2)         # doctest: +SKIP
 >>> print(est)                                                     # doctest: +SKIP
@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from shapetrace.maps._deferred import MAX_CALLS
 from shapetrace.maps.rows import batch_rows, kept
 from shapetrace.maps.store import AttentionStore, MapKey
 
@@ -108,14 +109,16 @@ def estimate_memory(
     ``heads``, ``head_dim``), e.g. a meta-device journey's layers for one forward
     (``shapetrace.trace_model("sd15", height=512, width=512).layers``). Bytes per kept key:
     h*w*M*rows*4 (x heads with ``detail="head"``); scratch per call: 2*rows*H*h*w*M*4; graph
-    per call with ``grad``: rows*H*(h*w*M + (h*w + M)*head_dim)*4; held per call when the
-    store defers: batch*(h*w + M)*H*head_dim bytes of q and k in the layer's dtype, at most
-    the budget plus one call.
+    per call with ``grad``: rows*H*(h*w*M + (h*w + M)*head_dim)*4; held when the store
+    defers: batch*(h*w + M)*H*head_dim bytes of q and k per call in the layer's dtype, for
+    the heaviest run of ``MAX_CALLS`` calls in the order of ``layers`` (the store sums after
+    each such run and when the forward ends), at most the budget plus one call.
     """
     rows = store.rows if store.rows is not None else batch_rows(batch, guidance=False)
     r = len(kept(rows, store.keep))
     per_key: dict[MapKey, int] = {}
-    scratch = graph = count = held = biggest = 0
+    scratch = graph = count = biggest = 0
+    calls: list[int] = []  # bytes each captured call holds until summed, in call order
     for layer in layers:
         if layer.resolution is None or not store.selects(layer):
             continue
@@ -130,8 +133,8 @@ def estimate_memory(
         if store.grad:
             graph += r * heads * (n * m + (n + m) * _head_dim(layer)) * FLOAT32
         if store.defer:
-            call = batch * (n + m) * heads * _head_dim(layer) * _itemsize(layer)
-            held, biggest = held + call, max(biggest, call)
+            calls.append(batch * (n + m) * heads * _head_dim(layer) * _itemsize(layer))
+            biggest = max(biggest, calls[-1])
     where = "/".join(store.places)
     res = (
         ""
@@ -151,8 +154,14 @@ def estimate_memory(
         policy=policy,
         graph=graph,
         window=store.window,
-        held=min(held, store.budget_bytes + biggest),
+        held=min(_heaviest_run(calls), store.budget_bytes + biggest),
     )
+
+
+def _heaviest_run(calls: list[int]) -> int:
+    """The most bytes held at once when the calls are summed ``MAX_CALLS`` at a time."""
+    runs = [sum(calls[i : i + MAX_CALLS]) for i in range(0, len(calls), MAX_CALLS)]
+    return max(runs, default=0)
 
 
 def _itemsize(layer: Any) -> int:

@@ -13,9 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from shapetrace.errors import InputShapeError, ShapeTraceError
 
-__all__ = ["BRANCHES", "SHARED", "RowLabel", "batch_rows", "check_rows", "kept", "position"]
+__all__ = [
+    "BRANCHES", "SHARED", "RowLabel", "batch_rows", "check_rows", "kept", "position", "taker"
+]
 
 BRANCHES = ("uncond", "cond", "single")
 SHARED = -1  # the prompt index of an unconditional row shared by every prompt
@@ -129,3 +133,13 @@ def position(
         f"no stored row for prompt {select}, image {image}, branch {'/'.join(wanted)}; "
         f"kept rows: {have}{hint}"
     )
+
+
+def taker(rows: Sequence[RowLabel], device: torch.device, *, view: bool) -> torch.Tensor | slice:
+    """How to take ``rows`` from a batch: a slice when they are consecutive and ``view`` is
+    allowed (a view, no copy), else an index tensor on ``device``."""
+    numbers = [r.row for r in rows]
+    first = numbers[0] if numbers else 0
+    if view and numbers == list(range(first, first + len(numbers))):
+        return slice(first, first + len(numbers))
+    return torch.tensor(numbers, device=device)

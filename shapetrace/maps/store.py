@@ -26,8 +26,8 @@ The store knows nothing of aggregation: ``shapetrace.maps.aggregation`` and the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -74,9 +74,9 @@ class AttentionStore:
         window: "run", "step" or "forward" (see the module's doc).
         detail: "resolution", "layer" or "head": what one running sum holds.
         grad: keep the autograd graph (the forward must run with gradients enabled).
-        defer: sum each call's probabilities after the model's call rather than during it
-            (cheaper; q and k are held until then, at most 64 MiB of them); False sums each
-            call as it comes.
+        defer: sum the calls' probabilities a few at a time (4 calls, or 64 MiB of q and k
+            held, or the model's call ends) rather than each as it comes (cheaper); False
+            sums each call as it comes.
 
     Every setting is checked here; a bad one raises ``InputShapeError`` naming it.
     """
@@ -331,13 +331,7 @@ class AttentionStore:
         if cached is not None and cached[0] == cache_key:
             return cached[1], cached[2]
         kept = self._kept_rows(batch, layer_name)
-        numbers = [r.row for r in kept]
-        first = numbers[0] if numbers else 0
-        rows: torch.Tensor | slice
-        if not self.grad and numbers == list(range(first, first + len(numbers))):
-            rows = slice(first, first + len(numbers))
-        else:
-            rows = torch.tensor(numbers, device=device)
+        rows = _rows.taker(kept, device, view=not self.grad)
         self._selection = ((self.rows, batch, self.keep, device), kept, rows)
         return kept, rows
 
@@ -409,10 +403,9 @@ class AttentionStore:
         self.steps = self.forwards = self._open = 0
         self.latent = self._largest = None
 
-    @contextmanager
     def capture(
         self, model: nn.Module, *, monitors: bool = False, probes: Iterable[Any] = ()
-    ) -> Iterator[Any]:
+    ) -> AbstractContextManager[Any]:
         """Trace ``model`` with this store as probe for the block; yields the journey.
 
         Each forward of ``model`` in the block is a forward boundary, and so is the end of
@@ -422,38 +415,16 @@ class AttentionStore:
         >>> with store.capture(unet):                                  # doctest: +SKIP
         ...     unet(latents, t, encoder_hidden_states=context)
         """
-        from shapetrace.tracing import trace
+        from shapetrace.maps._capture import capturing
 
         if not isinstance(model, nn.Module):
             raise InputShapeError(
                 f"capture() takes the model (an nn.Module, e.g. pipe.unet), got "
                 f"{type(model).__name__}"
             )
-
         probes = (self, *probes)
         stores = [p for p in probes if isinstance(p, AttentionStore)]
-
-        def starts(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-            for store in stores:
-                store._boundary()
-                if isinstance(x, torch.Tensor) and x.dim() == 4:
-                    store.latent = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
-
-        handle = model.register_forward_pre_hook(starts, with_kwargs=True)
-        try:
-            with trace(model, probes=probes, monitors=monitors) as journey:
-                yield journey
-        except BaseException:
-            for store in stores:  # the block failed: its error, not a store's, goes on
-                store._boundary(raising=False)
-            raise
-        finally:
-            handle.remove()
-        for store in stores:
-            store._boundary()
-        for store in stores:
-            store.check()
+        return capturing(model, stores, probes, monitors=monitors)
 
     # -- what it holds -------------------------------------------------------------------
     def available(self) -> dict[tuple[str, str], list[Resolution]]:

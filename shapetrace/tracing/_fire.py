@@ -4,7 +4,8 @@ axes the data flow found, never guessed from sizes."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,9 +16,11 @@ from shapetrace.tracing._call import CallState, cross_slices
 from shapetrace.tracing._probe import AttentionCall, Probe
 
 if TYPE_CHECKING:
+    from shapetrace.tracing._discover import LayerInfo
+    from shapetrace.tracing._memory import Learned
     from shapetrace.tracing._plan import Plan
 
-__all__ = ["as_bhtd", "fire_planned", "fire_probes"]
+__all__ = ["as_bhtd", "fire_planned", "fire_probes", "missed", "missed_off_path"]
 
 
 def as_bhtd(t: torch.Tensor, axis: int, batch: int, heads: int) -> torch.Tensor | None:
@@ -121,3 +124,27 @@ def fire_planned(
     call = AttentionCall(record, q, k, plan.scale, mask, call_index=call_index)
     for probe in wanted:
         probe.on_attention(call)
+
+
+def missed_off_path(
+    probes: Sequence[Probe], learned: Mapping[Hashable, Learned], info: LayerInfo
+) -> None:
+    """A light replay met a layer call off the known path: it ran without the recorder and
+    without its projections kept, so the probes that would want it are told (a map store
+    keeps that as an error; the next model call records with every hook). ``learned`` is the
+    model's memory of layers by (layer path, signature)."""
+    why = (
+        "the model took another path than its earlier call with the same input "
+        "signature, so this call ran unrecorded; a model whose attention path depends on "
+        "input values needs trace(..., every_call=True)"
+    )
+    known = next((entry.record for key, entry in learned.items()
+                  if key[0] == info.path and entry.record is not None), None)  # type: ignore[index]
+    if known is not None:
+        wanting = [p for p in probes if probe_wants(p, known)]
+        if wanting:
+            missed(wanting, replace(known, checks=[]), why)
+        return
+    # never recorded: there is no kind or grid to ask the probes with, so all of them hear
+    unknown = LayerRecord(info.name, "", "", None, "", 0, 0, module_type=info.module_type)
+    missed(probes, unknown, why)

@@ -22,7 +22,8 @@ from shapetrace.stages import Check
 from shapetrace.tracing import _monitors
 from shapetrace.tracing._call import CallState
 from shapetrace.tracing._discover import LayerInfo
-from shapetrace.tracing._fire import fire_planned, fire_probes, missed, probe_wants
+from shapetrace.tracing._finite import FiniteChecks
+from shapetrace.tracing._fire import fire_planned, fire_probes, missed_off_path, probe_wants
 from shapetrace.tracing._geometry import Grid, first_tensor
 from shapetrace.tracing._inputs import layer_inputs, tag_inputs, tag_outputs
 from shapetrace.tracing._journal import Journal
@@ -61,30 +62,7 @@ def model_signature(
     return signature(args, kwargs, processors, training)
 
 
-@dataclass
-class Deferred:
-    """A sum left on the device until the trace ends: one isfinite over all of them, one
-    sync, instead of one per layer."""
-
-    record: LayerRecord
-    name: str
-    total: torch.Tensor
-    what: str
-
-
 Frame = BlockFrame | CallState | FastCall | None
-
-
-def _set_check(item: Deferred, ok: bool) -> None:
-    """The verdict of one deferred sum on its record: added, or a pass turned into a fail."""
-    checks = item.record.checks
-    detail = f"{item.what} finite" if ok else f"{item.what} has NaN or inf"
-    for i, check in enumerate(checks):
-        if check.name == item.name:
-            if check.ok and not ok:
-                checks[i] = Check(item.name, False, detail)
-            return
-    checks.append(Check(item.name, ok, detail))
 
 
 class CallHooks:
@@ -114,7 +92,7 @@ class CallHooks:
         self.wanted: dict[Hashable, tuple[Probe, ...]] = {}  # key -> the probes that want it
         self.block_layers: dict[int, tuple[LayerInfo, ...]] = {}
         self.failed: CallState | FastCall | None = None
-        self.deferred: list[Deferred] = []
+        self.finite = FiniteChecks()
         self.root_depth = 0
         self.root_key: Hashable | None = None
         self.replay: tuple[tuple[str, Hashable, Learned], ...] | None = None
@@ -333,7 +311,7 @@ class CallHooks:
             else:
                 kept = self.journal.repeated(id(frame.learned), record, frame.call)
                 if kept.calls == 1 and self.session.monitors:  # its first call in this trace
-                    self._check_values(kept, out)
+                    self.finite.add(kept, out)
                 plan = frame.learned.plan
                 if plan is not None and self.probes:
                     wanting = self._wanting(frame.key, record)
@@ -390,28 +368,9 @@ class CallHooks:
         for proj in state.projections.values():  # the outputs were kept for the plan only
             proj.output = None
 
-    def _check_values(self, record: LayerRecord, out: Any) -> None:
-        """A finite output (a NaN or inf input shows there too), left on the device until
-        ``resolve``."""
-        result = out[0] if isinstance(out, (tuple, list)) and out else out
-        for name, t, what in (("finite", result, "output"),):
-            if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.is_floating_point():
-                # inf and NaN survive a sum; a float32 (float64) sum of finite activations does
-                # not overflow, so the flag is exact without a pass of isfinite over every value
-                acc = torch.float64 if t.dtype == torch.float64 else torch.float32
-                self.deferred.append(Deferred(record, name, t.detach().sum(dtype=acc), what))
-        record.checked = 1
-
     def resolve(self) -> None:
-        """Read the deferred sums (one isfinite and one sync per device) into the checks."""
-        groups: dict[tuple[torch.device, torch.dtype], list[Deferred]] = {}
-        for item in self.deferred:
-            groups.setdefault((item.total.device, item.total.dtype), []).append(item)
-        self.deferred = []
-        for items in groups.values():
-            flags = torch.isfinite(torch.stack([i.total for i in items])).tolist()
-            for item, ok in zip(items, flags):
-                _set_check(item, ok)
+        """Read the finiteness sums of this trace into the checks."""
+        self.finite.resolve()
 
     def light_end(self, info: LayerInfo, out: Any) -> None:
         """A layer finished during a replayed model call (only post-hooks are in): count it,
@@ -425,7 +384,7 @@ class CallHooks:
                 self.memory.roots.pop(self.root_key, None)
             self.replay = self.observed = None  # this call teaches no path either
             if self.probes:
-                self._missed_off_path(info)
+                missed_off_path(self.probes, self.memory.layers, info)
             return
         self.step += 1
         _path, _key, learned = replay[step]
@@ -442,36 +401,13 @@ class CallHooks:
             return
         kept = self.journal.repeated(id(learned), record, call)
         if kept.calls == 1 and self.session.monitors:
-            self._check_values(kept, out)
+            self.finite.add(kept, out)
         plan = learned.plan
         if plan is not None and self.probes:
             wanting = self._wanting(_key, record)
             if wanting:
                 fire_planned(wanting, plan, self.loose, kept, call)
                 self.loose.clear()
-
-    def _missed_off_path(self, info: LayerInfo) -> None:
-        """A light replay met a layer call off the known path: it ran without the recorder
-        and without its projections kept, so the probes that would want it are told (a map
-        store keeps that as an error; the next model call records with every hook)."""
-        why = (
-            "the model took another path than its earlier call with the same input "
-            "signature, so this call ran unrecorded; a model whose attention path depends on "
-            "input values needs trace(..., every_call=True)"
-        )
-        known = None
-        for key, learned in self.memory.layers.items():  # keys are (layer path, signature)
-            if key[0] == info.path and learned.record is not None:  # type: ignore[index]
-                known = learned.record
-                break
-        if known is not None:
-            wanting = [p for p in self.probes if probe_wants(p, known)]
-            if wanting:
-                missed(wanting, replace(known, checks=[]), why)
-            return
-        # never recorded: there is no kind or grid to ask the probes with, so all of them hear
-        unknown = LayerRecord(info.name, "", "", None, "", 0, 0, module_type=info.module_type)
-        missed(self.probes, unknown, why)
 
     def list_unread(self, entry: NotUnderstood | None) -> None:
         """List a layer that ran but was not understood, once per journey."""
