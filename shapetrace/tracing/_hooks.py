@@ -151,12 +151,16 @@ class CallHooks:
         """Capture hooks on the q and k projections of the layers the probes want, so the
         light replay gives them q and k through each layer's plan."""
         for _path, key, learned in replay:
-            plan, record = learned.plan, learned.record
-            if plan is not None and record is not None and self._wants(key, record):
-                for side in (plan.q, plan.k):
-                    module = side.module()
-                    if module is not None:
-                        self.hook_capture(module)
+            self._capture_plan(key, learned)
+
+    def _capture_plan(self, key: Hashable, learned: Learned) -> None:
+        """Capture hooks on the q and k projections of a known layer the probes want."""
+        plan, record = learned.plan, learned.record
+        if plan is not None and record is not None and self.probes and self._wants(key, record):
+            for side in (plan.q, plan.k):
+                module = side.module()
+                if module is not None:
+                    self.hook_capture(module)
 
     def root_post(self, *, failed: bool = False) -> None:
         self.root_depth = max(self.root_depth - 1, 0)
@@ -253,12 +257,7 @@ class CallHooks:
 
     def _fast(self, info: LayerInfo, key: Hashable, learned: Learned, call: int) -> None:
         self.frames.append(FastCall(info, key, learned, call))  # type: ignore[arg-type]
-        plan, record = learned.plan, learned.record
-        if plan is not None and record is not None and self.probes and self._wants(key, record):
-            for side in (plan.q, plan.k):
-                module = side.module()
-                if module is not None:
-                    self.hook_capture(module)
+        self._capture_plan(key, learned)
 
     def _needs_recorder(self, key: Hashable, learned: Learned) -> bool:
         """Probes want this layer and no plan gives them q and k without the recorder."""
@@ -305,18 +304,7 @@ class CallHooks:
             if out is None:
                 self.failed = frame
                 return
-            record = frame.learned.record
-            if record is None:
-                self.list_unread(frame.learned.unread)
-            else:
-                kept = self.journal.repeated(id(frame.learned), record, frame.call)
-                if kept.calls == 1 and self.session.monitors:  # its first call in this trace
-                    self.finite.add(kept, out)
-                plan = frame.learned.plan
-                if plan is not None and self.probes:
-                    wanting = self._wanting(frame.key, record)
-                    if wanting:
-                        fire_planned(wanting, plan, frame.captures, kept, frame.call)
+            self._known_call(frame.key, frame.learned, frame.call, out, frame.captures)
             return
         if self.session.calls and self.session.calls[-1] is frame:
             self.session.calls.pop()
@@ -392,22 +380,30 @@ class CallHooks:
         self.counts[info.name] = call + 1
         if self.observed is not None:
             self.observed.append((info.path, _key))
-        record = learned.record
         if out is None:  # the forward raised inside this layer
             self.failed = FastCall(info, _key, learned, call)  # type: ignore[arg-type]
             return
+        self._known_call(_key, learned, call, out, self.loose)
+        self.loose.clear()
+
+    def _known_call(
+        self, key: Hashable, learned: Learned, call: int, out: Any,
+        captures: dict[int, torch.Tensor],
+    ) -> None:
+        """A call of a known signature that ran without the recorder: counted towards its
+        record, its output checked on its first call in the trace, and the probes that want
+        it given q and k from the ``captures`` of its projections through the plan."""
+        record = learned.record
         if record is None:
             self.list_unread(learned.unread)
             return
         kept = self.journal.repeated(id(learned), record, call)
         if kept.calls == 1 and self.session.monitors:
             self.finite.add(kept, out)
-        plan = learned.plan
-        if plan is not None and self.probes:
-            wanting = self._wanting(_key, record)
+        if learned.plan is not None and self.probes:
+            wanting = self._wanting(key, record)
             if wanting:
-                fire_planned(wanting, plan, self.loose, kept, call)
-                self.loose.clear()
+                fire_planned(wanting, learned.plan, captures, kept, call)
 
     def list_unread(self, entry: NotUnderstood | None) -> None:
         """List a layer that ran but was not understood, once per journey."""
