@@ -95,9 +95,9 @@ def test_the_held_estimate_is_the_most_a_deferring_store_holds_before_it_sums(
     held: list[tuple[int, int]] = []  # (calls, bytes) held each time the store sums
     drain = store._pending.drain
 
-    def counted(*args) -> None:
+    def counted(sum_one) -> None:
         held.append((len(store._pending), store._pending.held))
-        drain(*args)
+        drain(sum_one)
 
     store._pending.drain = counted  # type: ignore[method-assign]
     x, context = inputs()

@@ -18,7 +18,7 @@ tensor the call holds) is refused by name rather than summed from the new values
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +26,12 @@ import torch
 
 from shapetrace.errors import ShapeTraceError
 
-__all__ = ["BUDGET_BYTES", "MAX_CALLS", "STACK_BYTES", "Pending", "PendingCall", "stack_key"]
+__all__ = ["BUDGET_BYTES", "MAX_CALLS", "Pending", "PendingCall"]
 
 #: bytes of q, k (and materialized probabilities) a store holds before it sums at once
 BUDGET_BYTES = 64 * 2**20
 #: calls a store holds before it sums them
 MAX_CALLS = 4
-#: bytes of float32 probabilities one stacked product of calls of the same shape may make
-STACK_BYTES = 4 * 2**20
 
 
 def _tensors(call: Any) -> tuple[torch.Tensor, ...]:
@@ -45,14 +43,13 @@ def _tensors(call: Any) -> tuple[torch.Tensor, ...]:
 
 @dataclass
 class PendingCall:
-    """One accepted call: ``args`` as the store accepted it (layer name, key, rows, expected
-    probabilities shape), whether its sum keeps a graph, and the version counters of the
-    tensors it reads (set when it is held)."""
+    """One accepted call: what ``sum`` needs, the grad mode it was handed over in, and the
+    version counters of the tensors it reads."""
 
     call: Any
     args: tuple[Any, ...]
     grad: bool
-    versions: tuple[int, ...] = ()
+    versions: tuple[int, ...]
 
 
 class Pending:
@@ -63,20 +60,17 @@ class Pending:
         self.held = 0
         self.budget = budget
 
-    def add(self, item: PendingCall) -> bool:
+    def add(self, call: Any, args: tuple[Any, ...], grad: bool) -> bool:
         """Keep a call; True when the held calls or bytes reached the bounds (sum now)."""
-        tensors = _tensors(item.call)
-        item.versions = tuple(t._version for t in tensors)
-        self.items.append(item)
+        tensors = _tensors(call)
+        self.items.append(PendingCall(call, args, grad, tuple(t._version for t in tensors)))
         if tensors[0].device.type != "meta":  # whole storages: a view keeps all of its alive
             self.held += sum(t.untyped_storage().nbytes() for t in tensors)
         return self.held > self.budget or len(self.items) >= MAX_CALLS
 
-    def drain(self, sum_group: Callable[[list[PendingCall]], None]) -> None:
-        """Sum every pending call with ``sum_group(calls)``: calls with one ``stack_key``
-        together, each group under the grad mode its calls were handed over in, groups in
-        the order of their first call. The list is emptied and every call's q and k checked
-        for in-place writes first, so an error leaves none and sums none."""
+    def drain(self, sum_one: Callable[..., None]) -> None:
+        """Sum every pending call in order with ``sum_one(call, *args)``, each under the grad
+        mode it was handed over in. The list is emptied first, so an error leaves none."""
         items, self.items, self.held = self.items, [], 0
         for item in items:
             changed = [t for t, v in zip(_tensors(item.call), item.versions) if t._version != v]
@@ -87,24 +81,11 @@ class Pending:
                     "the store summed it; the model writes into tensors it had already used. "
                     "Build the store with defer=False to sum each call as it comes"
                 )
-        groups: dict[Hashable, list[PendingCall]] = {}
-        ordered: list[list[PendingCall]] = []
-        for item in items:
-            key = stack_key(item)
-            group = None if key is None else groups.get(key)
-            if group is None:
-                group = []
-                ordered.append(group)
-                if key is not None:
-                    groups[key] = group
-            group.append(item)
-        for group in ordered:
-            grad = group[0].grad
-            if grad == torch.is_grad_enabled():
-                sum_group(group)
+            if item.grad == torch.is_grad_enabled():
+                sum_one(item.call, *item.args)
             else:
-                with torch.set_grad_enabled(grad):
-                    sum_group(group)
+                with torch.set_grad_enabled(item.grad):
+                    sum_one(item.call, *item.args)
 
     def clear(self) -> None:
         self.items.clear()
@@ -112,16 +93,3 @@ class Pending:
 
     def __len__(self) -> int:
         return len(self.items)
-
-
-def stack_key(item: PendingCall) -> Hashable | None:
-    """What calls must share to be computed in one product (None: computed alone): the
-    call's own ``stack_key`` (shapes, dtypes, device, scale) and the rows taken; a call kept
-    with its autograd graph is always alone, so the graph stays one call's."""
-    own = getattr(item.call, "stack_key", None)
-    key = own() if callable(own) and not item.grad else None
-    if key is None:
-        return None
-    rows = item.args[2]
-    taken = (rows.start, rows.stop, rows.step) if isinstance(rows, slice) else id(rows)
-    return (key, taken)

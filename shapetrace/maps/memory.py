@@ -3,11 +3,8 @@
 The store keeps one float32 running sum per key: (rows kept, h*w, M) per (place, kind, grid),
 per layer with ``detail="layer"``, and H times that with ``detail="head"``: flat in the number
 of steps. Each captured call also needs scratch for its scores and probabilities (two
-(R, H, N, M) float32 tensors), freed after the call; a deferring store computes calls of one
-shape together, so its scratch is that of the largest such stack (up to ``STACK_BYTES`` of
-probabilities, or one call where a single call is larger; an upper bound where masks or
-token slices keep calls apart). With ``grad=True`` the autograd graph keeps, per captured
-call, the probabilities and the selected rows of q and k (float32) until the
+(R, H, N, M) float32 tensors), freed after the call. With ``grad=True`` the autograd graph keeps,
+per captured call, the probabilities and the selected rows of q and k (float32) until the
 window closes; a materializing processor (``AttnProcessor``) already holds its probabilities,
 so there the graph costs less than this estimate. A deferring store (the default) also holds
 the q and k (their projection outputs, every row) of up to ``MAX_CALLS`` captured calls, and
@@ -26,7 +23,7 @@ from typing import Any
 
 import torch
 
-from shapetrace.maps._deferred import MAX_CALLS, STACK_BYTES
+from shapetrace.maps._deferred import MAX_CALLS
 from shapetrace.maps.rows import batch_rows, kept
 from shapetrace.maps.store import AttentionStore, MapKey
 
@@ -111,8 +108,7 @@ def estimate_memory(
     ``layers`` are ``LayerRecord``-like (``name``, ``kind``, ``place``, ``resolution``,
     ``heads``, ``head_dim``), e.g. a meta-device journey's layers for one forward
     (``shapetrace.trace_model("sd15", height=512, width=512).layers``). Bytes per kept key:
-    h*w*M*rows*4 (x heads with ``detail="head"``); scratch: 2*rows*H*h*w*M*4 per call, or
-    per stack of calls of one shape that a deferring store computes together; graph
+    h*w*M*rows*4 (x heads with ``detail="head"``); scratch per call: 2*rows*H*h*w*M*4; graph
     per call with ``grad``: rows*H*(h*w*M + (h*w + M)*head_dim)*4; held when the store
     defers: batch*(h*w + M)*H*head_dim bytes of q and k per call in the layer's dtype, for
     the heaviest run of ``MAX_CALLS`` calls in the order of ``layers`` (the store sums after
@@ -123,7 +119,6 @@ def estimate_memory(
     per_key: dict[MapKey, int] = {}
     scratch = graph = count = biggest = 0
     calls: list[int] = []  # bytes each captured call holds until summed, in call order
-    shapes: list[tuple[tuple[int, ...], int]] = []  # each call's stack key and probs bytes
     for layer in layers:
         if layer.resolution is None or not store.selects(layer):
             continue
@@ -140,10 +135,6 @@ def estimate_memory(
         if store.defer:
             calls.append(batch * (n + m) * heads * _head_dim(layer) * _itemsize(layer))
             biggest = max(biggest, calls[-1])
-            shape = (n, m, heads, _head_dim(layer), _itemsize(layer))
-            shapes.append((shape, r * heads * n * m * FLOAT32))
-    if store.defer and not store.grad:  # calls of one shape are computed as one stack
-        scratch = max(scratch, 2 * _largest_stack(shapes))
     where = "/".join(store.places)
     res = (
         ""
@@ -171,21 +162,6 @@ def _heaviest_run(calls: list[int]) -> int:
     """The most bytes held at once when the calls are summed ``MAX_CALLS`` at a time."""
     runs = [sum(calls[i : i + MAX_CALLS]) for i in range(0, len(calls), MAX_CALLS)]
     return max(runs, default=0)
-
-
-def _largest_stack(calls: list[tuple[tuple[int, ...], int]]) -> int:
-    """The most probability bytes one stacked product makes: in each run of ``MAX_CALLS``
-    calls, calls of one shape in order, as long as they stay within ``STACK_BYTES``."""
-    largest = 0
-    for i in range(0, len(calls), MAX_CALLS):
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for shape, nbytes in calls[i : i + MAX_CALLS]:
-            chunks = groups.setdefault(shape, [])
-            if not chunks or chunks[-1] + nbytes > STACK_BYTES:
-                chunks.append(0)
-            chunks[-1] += nbytes
-        largest = max([largest, *(c for chunks in groups.values() for c in chunks)])
-    return largest
 
 
 def _itemsize(layer: Any) -> int:

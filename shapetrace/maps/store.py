@@ -35,7 +35,7 @@ from torch import nn
 
 from shapetrace.errors import InputShapeError, ShapeTraceError
 from shapetrace.maps import rows as _rows
-from shapetrace.maps._deferred import Pending, PendingCall
+from shapetrace.maps._deferred import Pending
 from shapetrace.maps._store_settings import (
     ALL_PLACES,
     DEFAULT_KINDS,
@@ -51,7 +51,6 @@ from shapetrace.maps._store_settings import (
     check_names,
     check_resolutions,
 )
-from shapetrace.maps._summing import sum_call, sum_group
 from shapetrace.maps._sums import CallLike, Key, MapKey, MapSum
 from shapetrace.maps.rows import RowLabel, batch_rows
 
@@ -193,18 +192,6 @@ class AttentionStore:
         self._note_grid(layer.resolution)
         if not self.selects(layer):
             return
-        item = self._accept(call)
-        if not self.defer:
-            with torch.set_grad_enabled(item.grad):
-                sum_call(self._entries, call, item.args, heads_apart=self.detail == "head",
-                         grad=item.grad)
-        elif self._pending.add(item):
-            self._flush()
-
-    def _accept(self, call: CallLike) -> PendingCall:
-        """Check a call the store keeps (its grid, rows, map shape) and count it in the
-        window; raises, naming the layer, if it is bad."""
-        layer = call.layer
         b, heads = call.query_heads.shape[:2]
         # a joint layer's cross block: its image queries and text keys (None: every token)
         n = _span(getattr(call, "query_tokens", None), call.query_heads.shape[2])
@@ -243,27 +230,24 @@ class AttentionStore:
             )
         args = (str(layer.name), key, rows, (len(kept), heads, n, m))
         # a running sum that keeps no graph is not built under autograd either
-        return PendingCall(call, args, self.grad and torch.is_grad_enabled())
+        grad = self.grad and torch.is_grad_enabled()
+        if not self.defer:
+            with torch.set_grad_enabled(grad):
+                self._sum(call, *args)
+        elif self._pending.add(call, args, grad):
+            self._flush()
 
     def _flush(self, *, raising: bool = True) -> None:
         """Sum the calls accepted so far (see ``_deferred``); an error is kept like any
         call's, and raised unless ``raising`` is False (an exception is already on its way)."""
         if not self._pending:
             return
-        keys, known = [item.args[1] for item in self._pending.items], len(self._entries)
         try:
-            self._pending.drain(self._sum_group)
+            self._pending.drain(self._sum)
         except Exception as err:
             self.errors.append(err)
             if raising:
                 raise
-        if len(self._entries) > known + 1:  # new maps in the order of their first call
-            first = {key: i for i, key in reversed(list(enumerate(keys)))}
-            for key in sorted(list(self._entries)[known:], key=first.__getitem__):
-                self._entries[key] = self._entries.pop(key)
-
-    def _sum_group(self, items: list[PendingCall]) -> None:
-        sum_group(self._entries, items, heads_apart=self.detail == "head", grad=items[0].grad)
 
     def on_forward_end(self) -> None:
         """The traced model's call ended: sum the calls it handed over."""
@@ -279,6 +263,35 @@ class AttentionStore:
         """The running sums by key, with every call handed over so far summed in."""
         self._flush()
         return self._entries
+
+    def _sum(
+        self,
+        call: CallLike,
+        layer: str,
+        key: MapKey,
+        rows: torch.Tensor | slice,
+        expected: tuple[int, int, int, int],
+    ) -> None:
+        """Add one accepted call's probabilities (R, H, N, M) to the sum under ``key``."""
+        probs = call.compute_probs(torch.float32, rows=rows, grad=self.grad)
+        if probs.shape != expected:
+            raise ShapeTraceError(
+                f"layer {layer!r}: probabilities {tuple(probs.shape)} for the kept rows, "
+                f"expected (R, H, N, M) = {expected}"
+            )
+        part = probs if self.detail == "head" else probs.sum(dim=1)  # (R, [H,] N, M)
+        entry = self._entries.get(key)
+        if entry is None:
+            # the sum over heads is a new tensor; kept heads may be a view of the layer's own
+            total = part if self.grad or self.detail != "head" else part.detach().clone()
+            entry = self._entries[key] = MapSum(total=total, heads=expected[1])
+        elif self.grad:
+            entry.total = entry.total + part
+        else:
+            entry.total.add_(part)
+        entry.count += expected[1]
+        entry.calls += 1
+        entry.layers.add(layer)
 
     def _mark_call(self, layer: Any, call: Any) -> None:
         """Count the call; in a "forward" window refuse a layer call seen twice."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -81,41 +80,6 @@ class AttentionCall:
                 return self._probs(dtype, rows)
         return self._probs(dtype, rows)
 
-    def stack_key(self) -> Hashable | None:
-        """Calls with equal keys can be computed together by ``stacked_probs``: same shapes,
-        dtypes, device and scale, and nothing but q and k (no mask, no materialized
-        probabilities, no token slices). None: this call is computed alone."""
-        if (self.probs is not None or self.mask is not None or self.query_tokens is not None
-                or self.key_tokens is not None):
-            return None
-        q, k = self.query_heads, self.key_heads
-        if k.shape[:2] != q.shape[:2]:
-            return None
-        return (q.shape, k.shape, q.dtype, k.dtype, q.device, self.scale)
-
-    @staticmethod
-    def stacked_probs(
-        calls: Sequence[AttentionCall],
-        dtype: torch.dtype = torch.float32,
-        rows: torch.Tensor | slice | None = None,
-    ) -> torch.Tensor:
-        """``compute_probs`` of calls with one ``stack_key`` in one product and one softmax:
-        (G, R, H, N, M) for G calls. Nothing is recorded for autograd. Each call costs a few
-        dispatched ops however small it is; stacked, a group of small calls costs about one."""
-        device = calls[0].query_heads.device.type
-        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):
-                return AttentionCall.stacked_probs(calls, dtype, rows)
-        if torch.is_grad_enabled():
-            with torch.no_grad():
-                return AttentionCall.stacked_probs(calls, dtype, rows)
-        pick = (lambda t: t) if rows is None else (lambda t: _rows(t, rows))
-        q = _as(torch.stack([pick(c.query_heads) for c in calls]), dtype)  # (G, R, H, N, d)
-        k = _as(torch.stack([pick(c.key_heads) for c in calls]), dtype)
-        g, r, h, n, d = q.shape
-        scores = _scores(q.view(g * r, h, n, d), k.view(g * r, h, k.shape[3], d), calls[0].scale)
-        return scores.softmax(dim=-1).view(g, r, h, n, k.shape[3])
-
     def _probs(self, dtype: torch.dtype, rows: torch.Tensor | slice | None) -> torch.Tensor:
         if self.probs is not None:
             probs = self.probs if rows is None else _rows(self.probs, rows)
@@ -129,7 +93,7 @@ class AttentionCall:
             q = q[:, :, self.query_tokens]
             if mask is not None and mask.dim() == 4 and mask.shape[2] > 1:
                 mask = mask[:, :, self.query_tokens]
-        scores = _scores(_as(q, dtype), _as(k, dtype), self.scale)
+        scores = _scores(q.to(dtype), k.to(dtype), self.scale)
         if mask is not None:
             if mask.dtype == torch.bool:
                 scores = scores.masked_fill(~mask, float("-inf"))
@@ -162,10 +126,6 @@ def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.baddbmm(zero, q.reshape(b * h, n, d), keys, beta=0.0, alpha=scale).view(
         b, h, n, m
     )
-
-
-def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _rows(t: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
