@@ -68,10 +68,10 @@ def missed(probes: Sequence[Probe], record: LayerRecord, why: str) -> None:
             on_missed(record, why)
 
 
-def fire_probes(probes: Sequence[Probe], state: CallState, record: LayerRecord) -> None:
-    """Give the wanting probes this call's q, k, scale, mask and probabilities. A probe's own
-    error is raised: it stops the forward, and the tracer adds a note naming the layer."""
-    wanted = [p for p in probes if probe_wants(p, record)]
+def fire_probes(wanted: Sequence[Probe], state: CallState, record: LayerRecord) -> None:
+    """Give the probes that want it this recorded call's q, k, scale, mask and probabilities.
+    A probe's own error is raised: it stops the forward, and the tracer adds a note naming
+    the layer."""
     main = state.main
     if not wanted or main is None or main.query is None or main.key is None:
         return

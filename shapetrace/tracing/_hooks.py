@@ -352,7 +352,7 @@ class CallHooks:
             parent.plans.append(plan is not None)
         kept = self.journal.recorded(id(self.memory.layers[state.key]), record)
         if self.probes:
-            fire_probes(self.probes, state, kept)
+            fire_probes(self._wanting(state.key, kept), state, kept)
         for proj in state.projections.values():  # the outputs were kept for the plan only
             proj.output = None
 
