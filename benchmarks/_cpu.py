@@ -74,6 +74,16 @@ def time_task(args: dict[str, Any]) -> dict[str, Any]:
         with torch.no_grad(), store.capture(module):
             module(*inputs, **kwargs)
 
+    def bare() -> None:  # the light path alone: no monitors, no probes
+        with torch.no_grad(), trace(module, monitors=False):
+            module(*inputs, **kwargs)
+
+    idle = _IdleProbe(store)
+
+    def handed() -> None:  # q and k handed over to a probe that wants the store's layers
+        with torch.no_grad(), trace(module, monitors=False, probes=[idle]):
+            module(*inputs, **kwargs)
+
     def enter_exit() -> None:
         with trace(module, strict=False):
             pass
@@ -86,6 +96,12 @@ def time_task(args: dict[str, Any]) -> dict[str, Any]:
             _synced(untraced, device), _synced(captured, device),
             pairs=args["pairs"], warmup=args["warmup"],
         )
+        for name, fn in (("bare", bare), ("handed", handed)):
+            out[f"{name}_base"], out[name] = interleave(
+                _synced(untraced, device), _synced(fn, device),
+                pairs=args["pairs"], warmup=args["warmup"],
+            )
+        out["idle_calls"] = idle.calls
     setup = [timed(enter_exit)[0].wall for _ in range(21)]
     out["facts"] = {
         "build_s": t.wall,
@@ -94,6 +110,50 @@ def time_task(args: dict[str, Any]) -> dict[str, Any]:
         "device": device,
     }
     return out
+
+
+_PARTS = (
+    ("bare", "tracing without monitors or probes vs untraced",
+     "trace(unet, monitors=False): the light replay's hooks alone; the traced row above adds "
+     "the finiteness check of each layer's first call"),
+    ("handed", "q and k handed to a probe that does nothing vs untraced",
+     "trace(unet, monitors=False, probes=[p]) where p wants the store's layers and ignores the "
+     "calls: the capture row above adds the store's checks and sums to this"),
+)
+
+
+def _breakdown(
+    result: dict[str, Any], prefix: str, where: str, error: str | None
+) -> list[dict[str, Any]]:
+    """Where the capture cost goes (wall time, no targets): the light path, then the
+    hand-over of q and k; the store's own share is the capture row minus the second."""
+    rows = []
+    for name, title, note in _PARTS:
+        if name not in result:
+            continue
+        part = Series(name, list(result[name].get("wall", [])), error)
+        base = Series("untraced", list(result[f"{name}_base"].get("wall", [])), error)
+        rows.append(compare(
+            f"{prefix}_{name}_wall", f"wall time, {title} ({where})", part, base, unit="s",
+            group=GROUP, paired=True, note=note,
+            extra={"added_s": None if part.median is None or base.median is None
+                   else part.median - base.median, "probe_calls": result.get("idle_calls")},
+        ))
+    return rows
+
+
+class _IdleProbe:
+    """A probe that wants what ``store`` wants and does nothing with the calls: the cost of
+    handing q and k over, without the store's checks and sums."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.calls = store, 0
+
+    def wants(self, layer: Any) -> bool:
+        return bool(self.store.selects(layer))
+
+    def on_attention(self, call: Any) -> None:
+        self.calls += 1
 
 
 def specs(s: Settings) -> list[dict[str, Any]]:
@@ -153,8 +213,9 @@ def rows(s: Settings, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     target=CAPTURE if clock == "wall" else None,
                     note="store.capture(unet) around each forward: each cross call's q and k "
                          "handed over through the learned plan, probabilities of the kept "
-                         "(conditional) rows summed when the forward ends",
+                         "(conditional) rows summed every 4 calls and when the forward ends",
                 ))
+        out.extend(_breakdown(result, prefix, where, error))
         if model == "sd15" and facts.get("enter_exit_s"):
             budget = Series("budget", [0.001])
             out.append(compare(

@@ -46,7 +46,7 @@ class Settings:
     guidance: float = 7.5
     # 5. journeys on meta against a plain meta forward (native size)
     meta_forward_models: tuple[str, ...] = ("sd15", "sdxl", "flux")
-    meta_forward_pairs: int = 7
+    meta_forward_pairs: int = 15
     # 7. torch.compile: a compiled model traced vs untraced (inductor; --quick: eager backend)
     compile_model: str = "tiny"
     compile_size: tuple[int, int, int] = (64, 64, 2)

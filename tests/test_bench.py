@@ -26,7 +26,7 @@ SIDE_KEYS = {"label", "samples", "n", "median", "error"}
 QUICK_IDS = {
     "meta_wall", "meta_cpu", "meta_wall_render", "meta_cpu_render", "meta_rss_cold",
     "meta_heap_peak", "cpu_tiny_wall", "cpu_tiny_cpu", "cpu_tiny_capture_wall",
-    "cpu_tiny_capture_cpu", "projected_gpu_sd15", "compile_first_call", "compile_warm_wall",
+    "cpu_tiny_capture_cpu", "cpu_tiny_bare_wall", "cpu_tiny_handed_wall", "projected_gpu_sd15", "compile_first_call", "compile_warm_wall",
     "compile_warm_cpu", "maps_rss_delta",
     "maps_rss_delta_uncaptured", "maps_rss_capture", "maps_time_wall", "maps_time_cpu",
     "meta_forward_sd15_wall", "meta_forward_sd15_cpu",
@@ -150,3 +150,23 @@ def test_cli_rejects_a_thread_count_below_one(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit, match="2"):
         main(["--threads", "0", "--out", str(Path("unused"))])
     assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_idle_probe_of_the_breakdown_got_every_cross_call(
+    quick: tuple[dict[str, Any], str],
+) -> None:
+    """The hand-over row measures what it says: its probe was given each cross-attention
+    call (diffusers' attn2 modules) of every forward it timed, and did nothing with them."""
+    from shapetrace.models import build_model
+
+    doc, _ = quick
+    row = next(r for r in doc["benchmarks"] if r["id"] == "cpu_tiny_handed_wall")
+    module = build_model("tiny", device="meta").module
+    cross = sum(1 for name, _m in module.named_modules() if name.endswith("attn2"))
+    case = doc["settings"]["cpu_cases"][0]
+    pairs, warmup = case[4], case[5]
+    assert cross > 0
+    assert row["extra"]["probe_calls"] == cross * (pairs + warmup)
+    assert row["extra"]["added_s"] == pytest.approx(
+        row["subject"]["median"] - row["baseline"]["median"]
+    )
