@@ -26,7 +26,8 @@ SIDE_KEYS = {"label", "samples", "n", "median", "error"}
 QUICK_IDS = {
     "meta_wall", "meta_cpu", "meta_wall_render", "meta_cpu_render", "meta_rss_cold",
     "meta_heap_peak", "cpu_tiny_wall", "cpu_tiny_cpu", "cpu_tiny_capture_wall",
-    "cpu_tiny_capture_cpu", "cpu_tiny_bare_wall", "cpu_tiny_handed_wall", "projected_gpu_sd15", "compile_first_call", "compile_warm_wall",
+    "cpu_tiny_capture_cpu", "cpu_tiny_bare_wall", "cpu_tiny_handed_wall", "projected_gpu_sd15",
+    "compile_first_call", "compile_warm_wall",
     "compile_warm_cpu", "maps_rss_delta",
     "maps_rss_delta_uncaptured", "maps_rss_capture", "maps_time_wall", "maps_time_cpu",
     "meta_forward_sd15_wall", "meta_forward_sd15_cpu",

@@ -152,8 +152,12 @@ def test_the_costs_in_the_readme_are_the_benchmarks() -> None:
     assert f"about {per_call:.1f} ms per attention call" in costs
     for row in ("meta_forward_sd15_wall", "meta_forward_sdxl_wall", "meta_forward_flux_wall",
                 "cpu_sd15_wall", "cpu_tiny_wall", "cpu_tiny_capture_wall", "compile_warm_wall",
-                "compile_first_call"):
+                "compile_first_call", "cpu_tiny_bare_wall", "cpu_tiny_handed_wall"):
         assert f"x{_bench(row)['ratio']:.2f}" in costs, row
+    for row in ("cpu_tiny_bare_wall", "cpu_tiny_handed_wall", "cpu_tiny_capture_wall"):
+        b = _bench(row)
+        added = (b["subject"]["median"] - b["baseline"]["median"]) * 1000
+        assert f"+{added:.1f} ms" in costs, row
     summary = _bench("meta_wall")["baseline"]["median"] * 1000
     enter_exit = _bench("cpu_sd15_enter_exit")["subject"]["median"] * 1000
     assert f"({round(summary, -1):.0f} ms)" in costs and f"about {enter_exit:.2f} ms" in costs
