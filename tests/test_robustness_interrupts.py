@@ -20,6 +20,14 @@ TRACE = ["trace", "--model", "sd15", "--device", "cpu", "--height", "256", "--wi
          "--json", "j.json", "--markdown", "r.md"]  # fmt: skip
 
 
+def _default_signals() -> None:
+    """In the child: Ctrl-C and SIGTERM as a terminal gives them. A runner started in the
+    background (``nohup ... &`` from a script) ignores SIGINT, the child inherits that, and
+    Python then installs no KeyboardInterrupt handler: the signal would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _interrupt(
     argv: list[str], cwd: Path, *, ready: str, stream: str, sig: int = signal.SIGINT
 ) -> tuple[int, str]:
@@ -30,6 +38,7 @@ def _interrupt(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_signals,
     )
     watched = process.stdout if stream == "stdout" else process.stderr
     assert watched is not None
