@@ -4,6 +4,12 @@ Each checked output leaves one sum on its device; the trace's end stacks them, r
 ``isfinite`` and syncs once per device, instead of once per layer. inf and NaN survive a sum,
 and a float32 (float64) sum of finite activations does not overflow, so the flag is exact
 without a pass of ``isfinite`` over every value.
+
+Small outputs are not even summed in the forward: up to ``HOLD_BYTES`` of them are held and
+summed back to back when the trace ends. On CPU an op run between the model's own costs several
+times what it costs run with others (the tiny UNet's 32 one-op sums: about 0.9 ms in the
+forward, 0.4 ms less when held). An output the model writes into after the layer returned is
+not checked from its new values: its record counts no checked call.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import torch
 from shapetrace.journey import LayerRecord
 from shapetrace.stages import Check
 
-__all__ = ["FiniteChecks"]
+__all__ = ["HOLD_BYTES", "FiniteChecks"]
+
+#: bytes of layer outputs a trace holds to sum at its end; larger ones are summed at once
+HOLD_BYTES = 4 * 2**20
 
 
 @dataclass
@@ -39,22 +48,45 @@ def _set_check(item: _Sum, ok: bool) -> None:
     checks.append(Check(item.name, ok, detail))
 
 
-class FiniteChecks:
-    """Sums waiting to be read into their records' checks."""
+def _sum(record: LayerRecord, t: torch.Tensor) -> _Sum:
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return _Sum(record, "finite", t.detach().sum(dtype=acc), "output")
 
-    def __init__(self) -> None:
+
+class FiniteChecks:
+    """Outputs and sums waiting to be read into their records' checks."""
+
+    def __init__(self, hold_bytes: int | None = None) -> None:
         self.sums: list[_Sum] = []
+        self.held: list[tuple[LayerRecord, torch.Tensor, int]] = []
+        self.hold_bytes = HOLD_BYTES if hold_bytes is None else hold_bytes
+        self.room = self.hold_bytes
 
     def add(self, record: LayerRecord, out: Any) -> None:
         """A finite output (a NaN or inf input shows there too), read at ``resolve``."""
         t = out[0] if isinstance(out, (tuple, list)) and out else out
         if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.is_floating_point():
-            acc = torch.float64 if t.dtype == torch.float64 else torch.float32
-            self.sums.append(_Sum(record, "finite", t.detach().sum(dtype=acc), "output"))
+            size = t.numel() * t.element_size()
+            if size <= self.room:
+                self.room -= size
+                self.held.append((record, t, t._version))
+            else:
+                self.sums.append(_sum(record, t))
         record.checked = 1
 
+    def discard(self) -> None:
+        """Let go of the held outputs and sums unread (the traced block failed)."""
+        self.held, self.sums, self.room = [], [], self.hold_bytes
+
     def resolve(self) -> None:
-        """Read the sums (one isfinite and one sync per device and dtype) into the checks."""
+        """Sum the held outputs, then read the sums (one isfinite and one sync per device and
+        dtype) into the checks."""
+        held, self.held, self.room = self.held, [], self.hold_bytes
+        for record, t, version in held:
+            if t._version != version:  # written in place since: not the layer's output now
+                record.checked = 0
+                continue
+            self.sums.append(_sum(record, t))
         groups: dict[tuple[torch.device, torch.dtype], list[_Sum]] = {}
         for item in self.sums:
             groups.setdefault((item.total.device, item.total.dtype), []).append(item)

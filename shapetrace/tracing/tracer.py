@@ -167,6 +167,8 @@ class Tracer:
         if hooks is not None and exc is None:
             hooks.resolve()
             hooks.forward_ended()
+        elif hooks is not None:
+            hooks.finite.discard()  # the journey of a failed block reads no values
         if exc is not None:
             if isinstance(exc, Exception) and not isinstance(exc, ShapeTraceError) and failed:
                 _add_note(exc, f"shapetrace: raised inside attention layer {failed.info.name!r} "
