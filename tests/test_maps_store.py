@@ -134,6 +134,34 @@ def test_held_tensors_past_the_budget_are_summed_at_once() -> None:
     assert call.computed == 1 and len(store._pending) == 0
 
 
+def test_calls_made_under_inference_mode_are_summed_at_once() -> None:
+    """Inference tensors keep no version counter, so a write could not be caught later."""
+    store = AttentionStore()
+    with torch.inference_mode():
+        call = FakeCall(FakeLayer("l0"), random_probs(1, 2, 4))
+    store.on_attention(call)
+    assert call.computed == 1 and len(store._pending) == 0
+
+
+def test_capture_under_inference_mode_gives_the_maps_of_no_grad() -> None:
+    from shapetrace.models import build_model
+
+    built = build_model("tiny", device="cpu", seed=0)
+    args, kwargs = built.inputs(64, 64, 2, seed=0)
+    stores = {}
+    for mode in (torch.no_grad, torch.inference_mode):
+        store = stores[mode.__name__] = AttentionStore.for_batch(1, guidance=True)
+        with mode():
+            for _ in range(2):  # recorded, then replayed through the learned plan
+                with store.capture(built.module):
+                    built.module(*args, **kwargs)
+    plain, inference = stores["no_grad"].entries, stores["inference_mode"].entries
+    assert plain.keys() == inference.keys() and len(plain) > 0
+    for key, entry in plain.items():
+        assert inference[key].calls == entry.calls == 2 * len(entry.layers)
+        torch.testing.assert_close(inference[key].total, entry.total, rtol=0, atol=0)
+
+
 def test_select_picks_the_conditional_row_of_each_prompt_under_guidance():
     store = AttentionStore.for_batch(2, guidance=True)  # rows: u0, u1, c0, c1
     probs = random_probs(4, 2, 4)

@@ -91,3 +91,20 @@ def test_a_failed_block_lets_go_of_the_held_outputs() -> None:
         raise RuntimeError("after the layer")
     hooks = tracer._hooks
     assert hooks is not None and hooks.finite.held == [] and hooks.finite.sums == []
+
+
+def test_outputs_made_under_inference_mode_are_checked_too() -> None:
+    """Inference tensors keep no version counter: their sums are taken at once."""
+    torch.manual_seed(0)
+    model = _AfterAttention(write_nan=False)
+    x, context = torch.randn(2, 6, 32), torch.randn(2, 7, 16)
+    nan = x.clone()
+    nan[0, 0, 0] = float("nan")
+    with torch.inference_mode():
+        with shapetrace.trace(model):
+            model(x, context)
+        with shapetrace.trace(model) as passed:
+            model(x, context)
+        with shapetrace.trace(model) as flagged:
+            model(nan, context)
+    assert _finite_checks(passed) == [True] and _finite_checks(flagged) == [False]

@@ -13,7 +13,8 @@ one (1.5 MiB of it by step 10, then flat); with 4, 0.5 MiB, about what summing e
 once leaves.
 
 A call whose q or k changed in place between the hand-over and the sum (the model wrote into a
-tensor the call holds) is refused by name rather than summed from the new values.
+tensor the call holds) is refused by name rather than summed from the new values. Tensors made
+under ``torch.inference_mode`` keep no version counter: such a call is summed at once.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class Pending:
     def add(self, call: Any, args: tuple[Any, ...], grad: bool) -> bool:
         """Keep a call; True when the held calls or bytes reached the bounds (sum now)."""
         tensors = _tensors(call)
+        if any(t.is_inference() for t in tensors):  # no version counter to check: sum it now
+            self.items.append(PendingCall(call, args, grad, ()))
+            return True
         self.items.append(PendingCall(call, args, grad, tuple(t._version for t in tensors)))
         if tensors[0].device.type != "meta":  # whole storages: a view keeps all of its alive
             self.held += sum(t.untyped_storage().nbytes() for t in tensors)
