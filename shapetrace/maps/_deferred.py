@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from shapetrace.errors import ShapeTraceError
+from shapetrace.tracing._versions import versions, written
 
 __all__ = ["BUDGET_BYTES", "MAX_CALLS", "Pending", "PendingCall"]
 
@@ -64,10 +65,10 @@ class Pending:
     def add(self, call: Any, args: tuple[Any, ...], grad: bool) -> bool:
         """Keep a call; True when the held calls or bytes reached the bounds (sum now)."""
         tensors = _tensors(call)
-        if any(t.is_inference() for t in tensors):  # no version counter to check: sum it now
-            self.items.append(PendingCall(call, args, grad, ()))
+        kept = versions(tensors)
+        self.items.append(PendingCall(call, args, grad, kept or ()))
+        if kept is None:  # no version counter to check later: sum it now
             return True
-        self.items.append(PendingCall(call, args, grad, tuple(t._version for t in tensors)))
         if tensors[0].device.type != "meta":  # whole storages: a view keeps all of its alive
             self.held += sum(t.untyped_storage().nbytes() for t in tensors)
         return self.held > self.budget or len(self.items) >= MAX_CALLS
@@ -77,8 +78,7 @@ class Pending:
         mode it was handed over in. The list is emptied first, so an error leaves none."""
         items, self.items, self.held = self.items, [], 0
         for item in items:
-            changed = [t for t, v in zip(_tensors(item.call), item.versions) if t._version != v]
-            if changed:
+            if written(_tensors(item.call), item.versions):
                 name = getattr(item.call.layer, "name", "?")
                 raise ShapeTraceError(
                     f"layer {name!r}: its q or k was changed in place after the call, before "

@@ -22,6 +22,7 @@ import torch
 
 from shapetrace.journey import LayerRecord
 from shapetrace.stages import Check
+from shapetrace.tracing._versions import versions, written
 
 __all__ = ["HOLD_BYTES", "FiniteChecks"]
 
@@ -57,34 +58,34 @@ def _sum(record: LayerRecord, t: torch.Tensor) -> _Sum:
 class FiniteChecks:
     """Outputs and sums waiting to be read into their records' checks."""
 
-    def __init__(self, hold_bytes: int | None = None) -> None:
+    def __init__(self) -> None:
         self.sums: list[_Sum] = []
-        self.held: list[tuple[LayerRecord, torch.Tensor, int]] = []
-        self.hold_bytes = HOLD_BYTES if hold_bytes is None else hold_bytes
-        self.room = self.hold_bytes
+        self.held: list[tuple[LayerRecord, torch.Tensor, tuple[int, ...]]] = []
+        self.room = HOLD_BYTES
 
     def add(self, record: LayerRecord, out: Any) -> None:
         """A finite output (a NaN or inf input shows there too), read at ``resolve``."""
         t = out[0] if isinstance(out, (tuple, list)) and out else out
         if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.is_floating_point():
             size = t.numel() * t.element_size()
-            if size <= self.room and not t.is_inference():  # inference tensors: no versions
+            kept = versions((t,)) if size <= self.room else None
+            if kept is not None:
                 self.room -= size
-                self.held.append((record, t, t._version))
+                self.held.append((record, t, kept))
             else:
                 self.sums.append(_sum(record, t))
         record.checked = 1
 
     def discard(self) -> None:
         """Let go of the held outputs and sums unread (the traced block failed)."""
-        self.held, self.sums, self.room = [], [], self.hold_bytes
+        self.held, self.sums, self.room = [], [], HOLD_BYTES
 
     def resolve(self) -> None:
         """Sum the held outputs, then read the sums (one isfinite and one sync per device and
         dtype) into the checks."""
-        held, self.held, self.room = self.held, [], self.hold_bytes
-        for record, t, version in held:
-            if t._version != version:  # written in place since: not the layer's output now
+        held, self.held, self.room = self.held, [], HOLD_BYTES
+        for record, t, kept in held:
+            if written((t,), kept):  # not the layer's output any more
                 record.checked = 0
                 continue
             self.sums.append(_sum(record, t))
