@@ -1,16 +1,17 @@
 """Calls a store has accepted but not yet summed.
 
-A store checks a call when the tracer hands it over (the layer, its grid, its rows) and
-computes its probabilities later: at the end of the model's call, at a window boundary, or
-before anything reads the sums, and after every ``MAX_CALLS`` calls. Run back to back, the
-few small products and softmaxes per call cost less than interleaved with the model's own
-ops one by one (on the tiny UNet on CPU, 16 cross calls: about 0.6 ms per forward instead of
-1.8 ms when all are summed after the forward). Held q and k stay bounded: past
+A store checks a call when the tracer hands it over (the layer, its grid, its rows; for a call
+like one checked before, only the window's shape check is left, made when it is summed: see
+``_intake``) and computes its probabilities later: at the end of the model's call, at a window
+boundary, or before anything reads the sums, and after every ``MAX_CALLS`` calls. Run back to
+back, the few small products and softmaxes per call cost less than interleaved with the
+model's own ops one by one (on the tiny UNet on CPU, 16 cross calls: about 0.6 ms per forward
+instead of 1.8 ms when all are summed after the forward). Held q and k stay bounded: past
 ``BUDGET_BYTES`` of tensors held, or ``MAX_CALLS`` calls, the calls are summed at once. The
 call bound keeps the heap from fragmenting around many small held tensors: with every call of
-a forward held, peak RSS over 50 guided steps of the tiny UNet grew 1.9 MiB more than over
-one (1.5 MiB of it by step 10, then flat); with 4, 0.5 MiB, about what summing each call at
-once leaves.
+a forward held, peak RSS over 50 guided steps of the tiny UNet grew 1.9 MiB more than over one
+(1.5 MiB of it by step 10, then flat); with 4, 0.5 MiB, about what summing each call at once
+leaves.
 
 A call whose q or k changed in place between the hand-over and the sum (the model wrote into a
 tensor the call holds) is refused by name rather than summed from the new values. Tensors made
@@ -28,7 +29,7 @@ import torch
 from shapetrace.errors import ShapeTraceError
 from shapetrace.tracing._versions import versions, written
 
-__all__ = ["BUDGET_BYTES", "MAX_CALLS", "Pending", "PendingCall"]
+__all__ = ["BUDGET_BYTES", "MAX_CALLS", "Pending", "PendingCall", "held_bytes"]
 
 #: bytes of q, k (and materialized probabilities) a store holds before it sums at once
 BUDGET_BYTES = 64 * 2**20
@@ -43,13 +44,22 @@ def _tensors(call: Any) -> tuple[torch.Tensor, ...]:
     return (call.query_heads, call.key_heads)
 
 
+def held_bytes(call: Any) -> int:
+    """Bytes a held call keeps alive: whole storages, since a view keeps all of its own."""
+    tensors = _tensors(call)
+    if tensors[0].device.type == "meta":
+        return 0
+    return sum(t.untyped_storage().nbytes() for t in tensors)
+
+
 @dataclass
 class PendingCall:
-    """One accepted call: what ``sum`` needs, the grad mode it was handed over in, and the
-    version counters of the tensors it reads."""
+    """One accepted call: what its sum needs (``job``: the arguments of a call checked at
+    hand-over, or the store's note for a call like one checked before), the grad mode it was
+    handed over in, and the version counters of the tensors it reads."""
 
     call: Any
-    args: tuple[Any, ...]
+    job: Any
     grad: bool
     versions: tuple[int, ...]
 
@@ -62,20 +72,19 @@ class Pending:
         self.held = 0
         self.budget = budget
 
-    def add(self, call: Any, args: tuple[Any, ...], grad: bool) -> bool:
-        """Keep a call; True when the held calls or bytes reached the bounds (sum now)."""
-        tensors = _tensors(call)
-        kept = versions(tensors)
-        self.items.append(PendingCall(call, args, grad, kept or ()))
+    def add(self, call: Any, job: Any, grad: bool, nbytes: int | None = None) -> bool:
+        """Keep a call (``nbytes`` held, counted from its storages when not given); True when
+        the held calls or bytes reached the bounds (sum now)."""
+        kept = versions(_tensors(call))
+        self.items.append(PendingCall(call, job, grad, kept or ()))
         if kept is None:  # no version counter to check later: sum it now
             return True
-        if tensors[0].device.type != "meta":  # whole storages: a view keeps all of its alive
-            self.held += sum(t.untyped_storage().nbytes() for t in tensors)
+        self.held += held_bytes(call) if nbytes is None else nbytes
         return self.held > self.budget or len(self.items) >= MAX_CALLS
 
-    def drain(self, sum_one: Callable[..., None]) -> None:
-        """Sum every pending call in order with ``sum_one(call, *args)``, each under the grad
-        mode it was handed over in. The list is emptied first, so an error leaves none."""
+    def drain(self, take: Callable[[Any, Any, bool], None]) -> None:
+        """Give every pending call in order to ``take(call, job, grad)``, refusing one whose
+        q or k was written into since. The list is emptied first, so an error leaves none."""
         items, self.items, self.held = self.items, [], 0
         for item in items:
             if written(_tensors(item.call), item.versions):
@@ -85,11 +94,7 @@ class Pending:
                     "the store summed it; the model writes into tensors it had already used. "
                     "Build the store with defer=False to sum each call as it comes"
                 )
-            if item.grad == torch.is_grad_enabled():
-                sum_one(item.call, *item.args)
-            else:
-                with torch.set_grad_enabled(item.grad):
-                    sum_one(item.call, *item.args)
+            take(item.call, item.job, item.grad)
 
     def clear(self) -> None:
         self.items.clear()

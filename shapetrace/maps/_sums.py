@@ -9,7 +9,7 @@ import torch
 
 from shapetrace.maps._store_settings import Resolution
 
-__all__ = ["Key", "MapKey", "MapSum"]
+__all__ = ["Key", "Known", "MapKey", "MapSum"]
 
 
 class MapKey(NamedTuple):
@@ -23,6 +23,17 @@ class MapKey(NamedTuple):
 
 
 Key = MapKey
+
+
+class Known(NamedTuple):
+    """A call the store checked before, as calls like it (same layer, grid, q and k shapes,
+    device, grad mode) are summed: the sum's arguments, the shape of its maps, the bytes such
+    a call holds while it waits, and the settings it was checked under."""
+
+    args: tuple[Any, ...]
+    maps: tuple[int, ...]
+    nbytes: int
+    settings: tuple[Any, ...]
 
 
 class CallLike(Protocol):

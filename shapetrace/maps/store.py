@@ -36,6 +36,7 @@ from torch import nn
 from shapetrace.errors import InputShapeError, ShapeTraceError
 from shapetrace.maps import rows as _rows
 from shapetrace.maps._deferred import Pending
+from shapetrace.maps._intake import Intake
 from shapetrace.maps._store_settings import (
     ALL_PLACES,
     DEFAULT_KINDS,
@@ -51,7 +52,7 @@ from shapetrace.maps._store_settings import (
     check_names,
     check_resolutions,
 )
-from shapetrace.maps._sums import CallLike, Key, MapKey, MapSum
+from shapetrace.maps._sums import CallLike, Key, Known, MapKey, MapSum
 from shapetrace.maps.rows import RowLabel, batch_rows
 
 __all__ = ["PLACES", "AttentionStore", "Key", "MapKey", "MapSum", "RowLabel", "batch_rows"]
@@ -59,7 +60,7 @@ __all__ = ["PLACES", "AttentionStore", "Key", "MapKey", "MapSum", "RowLabel", "b
 PLACES = ("down", "mid", "up")  # a UNet's places
 
 
-class AttentionStore:
+class AttentionStore(Intake):
     """A probe for ``shapetrace.trace`` that accumulates attention maps.
 
     Args:
@@ -116,6 +117,8 @@ class AttentionStore:
         self._open = 0  # calls since the last forward boundary
         self._seen: set[tuple[str, int]] = set()
         self._selection: tuple[Any, tuple[RowLabel, ...], torch.Tensor | slice] | None = None
+        self._known: dict[tuple[Any, ...], Known] = {}  # calls checked before, see _add
+        self._now: tuple[Any, ...] = ()  # the settings while the held calls are summed
 
     @classmethod
     def for_batch(
@@ -156,10 +159,6 @@ class AttentionStore:
         self._note_grid(getattr(layer, "resolution", None))
         return self.selects(layer)
 
-    def _note_grid(self, res: Any) -> None:
-        if res is not None and (self._largest is None or res[0] * res[1] > _area(self._largest)):
-            self._largest = (int(res[0]), int(res[1]))
-
     def on_missed(self, layer: Any, why: str) -> None:
         """The tracer could not give this store a call it wanted: kept as an error, raised by
         ``check()`` and every reader, so no map is silently short of a layer."""
@@ -187,68 +186,6 @@ class AttentionStore:
         if self.errors:
             raise self.errors[0]
 
-    def _add(self, call: CallLike) -> None:
-        layer = call.layer
-        self._note_grid(layer.resolution)
-        if not self.selects(layer):
-            return
-        b, heads = call.query_heads.shape[:2]
-        # a joint layer's cross block: its image queries and text keys (None: every token)
-        n = _span(getattr(call, "query_tokens", None), call.query_heads.shape[2])
-        m = _span(getattr(call, "key_tokens", None), call.key_heads.shape[2])
-        if layer.resolution is None:
-            raise ShapeTraceError(
-                f"layer {layer.name!r} has no resolution (query {tuple(call.query_heads.shape)}); "
-                "the store needs the layer's (h, w) from its feature map; leave its place "
-                f"{layer.place!r} out of places= or keep only some resolutions="
-            )
-        h, w = (int(x) for x in layer.resolution)
-        if h * w != n:
-            raise ShapeTraceError(
-                f"layer {layer.name!r}: resolution {h}x{w} has {h * w} pixels but the query "
-                f"has N={n} tokens (query_heads {tuple(call.query_heads.shape)})"
-            )
-        if self.grad and not torch.is_grad_enabled():
-            raise ShapeTraceError(
-                f"layer {layer.name!r}: the store keeps gradients (grad=True) but the forward "
-                "runs under torch.no_grad(); run it under torch.enable_grad() with "
-                "latents.requires_grad_(True), or build the store with grad=False"
-            )
-        if self._stale:
-            self._open_window()
-        self._mark_call(layer, call)
-        kept, rows = self._row_selection(b, layer.name, call.query_heads.device)
-        name = "" if self.detail == "resolution" else str(layer.name)
-        key = MapKey(layer.place, layer.kind, (h, w), name)
-        shape = (len(kept), heads, n, m) if self.detail == "head" else (len(kept), n, m)
-        known = self._shapes.setdefault(key, shape)
-        if known != shape:
-            raise ShapeTraceError(
-                f"layer {layer.name!r}: maps {shape} do not match the {known} already stored "
-                f"for {tuple(key)}; the context length or batch changed within one window: "
-                "call store.reset() between runs"
-            )
-        args = (str(layer.name), key, rows, (len(kept), heads, n, m))
-        # a running sum that keeps no graph is not built under autograd either
-        grad = self.grad and torch.is_grad_enabled()
-        if not self.defer:
-            with torch.set_grad_enabled(grad):
-                self._sum(call, *args)
-        elif self._pending.add(call, args, grad):
-            self._flush()
-
-    def _flush(self, *, raising: bool = True) -> None:
-        """Sum the calls accepted so far (see ``_deferred``); an error is kept like any
-        call's, and raised unless ``raising`` is False (an exception is already on its way)."""
-        if not self._pending:
-            return
-        try:
-            self._pending.drain(self._sum)
-        except Exception as err:
-            self.errors.append(err)
-            if raising:
-                raise
-
     def on_forward_end(self) -> None:
         """The traced model's call ended: sum the calls it handed over."""
         self._flush()
@@ -263,89 +200,6 @@ class AttentionStore:
         """The running sums by key, with every call handed over so far summed in."""
         self._flush()
         return self._entries
-
-    def _sum(
-        self,
-        call: CallLike,
-        layer: str,
-        key: MapKey,
-        rows: torch.Tensor | slice,
-        expected: tuple[int, int, int, int],
-    ) -> None:
-        """Add one accepted call's probabilities (R, H, N, M) to the sum under ``key``."""
-        probs = call.compute_probs(torch.float32, rows=rows, grad=self.grad)
-        if probs.shape != expected:
-            raise ShapeTraceError(
-                f"layer {layer!r}: probabilities {tuple(probs.shape)} for the kept rows, "
-                f"expected (R, H, N, M) = {expected}"
-            )
-        part = probs if self.detail == "head" else probs.sum(dim=1)  # (R, [H,] N, M)
-        entry = self._entries.get(key)
-        if entry is None:
-            # the sum over heads is a new tensor; kept heads may be a view of the layer's own
-            total = part if self.grad or self.detail != "head" else part.detach().clone()
-            entry = self._entries[key] = MapSum(total=total, heads=expected[1])
-        elif self.grad:
-            entry.total = entry.total + part
-        else:
-            entry.total.add_(part)
-        entry.count += expected[1]
-        entry.calls += 1
-        entry.layers.add(layer)
-
-    def _mark_call(self, layer: Any, call: Any) -> None:
-        """Count the call; in a "forward" window refuse a layer call seen twice."""
-        self._open += 1
-        if self.window != "forward":
-            return
-        mark = (str(layer.name), int(getattr(layer, "call", 0) or 0))
-        index = getattr(call, "call_index", None)  # the tracer's own count of this call
-        if index is not None:
-            mark = (str(layer.name), int(index))
-        if mark in self._seen:
-            raise InputShapeError(
-                f"layer {layer.name!r} ran twice in one forward window (window='forward'): "
-                "end each forward with store.end_forward(), or run it as "
-                "`with store.capture(unet): unet(...)`"
-            )
-        self._seen.add(mark)
-
-    def _open_window(self) -> None:
-        self._entries.clear()
-        self._shapes.clear()
-        self._seen.clear()
-        self._stale = False
-        if self._auto_rows:
-            self.rows = None
-
-    # -- bookkeeping ---------------------------------------------------------------------
-    def _row_selection(
-        self, batch: int, layer_name: str, device: torch.device
-    ) -> tuple[tuple[RowLabel, ...], torch.Tensor | slice]:
-        """The kept rows and how to take them from the batch: a slice when they are
-        consecutive (a view, no copy), else an index on ``device``; cached per labels. With
-        ``grad`` always an index: autograd then saves a copy of the kept rows of q and k, not
-        the whole projection output a view would keep alive."""
-        cache_key = (self.rows, batch, self.keep, device)
-        cached = self._selection
-        if cached is not None and cached[0] == cache_key:
-            return cached[1], cached[2]
-        kept = self._kept_rows(batch, layer_name)
-        rows = _rows.taker(kept, device, view=not self.grad)
-        self._selection = ((self.rows, batch, self.keep, device), kept, rows)
-        return kept, rows
-
-    def _kept_rows(self, batch: int, layer_name: str) -> tuple[RowLabel, ...]:
-        if self.rows is None:  # unlabelled: every row is its own prompt, no guidance
-            self.rows = batch_rows(batch, guidance=False)
-        if len(self.rows) != batch:
-            branches = sorted({r.branch for r in self.rows})
-            raise InputShapeError(
-                f"layer {layer_name!r} got batch {batch} but the store was told "
-                f"{len(self.rows)} rows ({', '.join(branches)}); build it with "
-                "AttentionStore.for_batch(prompts, guidance=...) matching the model's batch"
-            )
-        return _rows.kept(self.rows, self.keep)
 
     @property
     def kept_rows(self) -> tuple[RowLabel, ...]:
@@ -398,6 +252,7 @@ class AttentionStore:
     def reset(self) -> None:
         """Forget every stored map, error and count (the settings and row labels stay)."""
         self._pending.clear()
+        self._known.clear()
         self._open_window()
         self.errors.clear()
         self.steps = self.forwards = self._open = 0
@@ -437,12 +292,3 @@ class AttentionStore:
     def nbytes(self) -> int:
         """Bytes the running sums hold now (not counting an autograd graph behind them)."""
         return sum(e.total.numel() * e.total.element_size() for e in self.entries.values())
-
-
-def _area(res: Resolution) -> int:
-    return res[0] * res[1]
-
-
-def _span(tokens: slice | None, total: int) -> int:
-    """How many of ``total`` tokens a slice selects (all of them for None)."""
-    return total if tokens is None else len(range(*tokens.indices(total)))

@@ -71,10 +71,20 @@ class AttentionCall:
         model's weights) when the forward runs with gradients enabled, for losses on the maps
         (Attend-and-Excite, Break-a-Scene); by default nothing is recorded for autograd.
         """
-        device = self.query_heads.device.type
-        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):  # probabilities in ``dtype``, always
+        q, k = self.query_heads, self.key_heads
+        autocast = _AUTOCAST.get(q.device)
+        if autocast is None:
+            kind = q.device.type
+            autocast = _AUTOCAST[q.device] = kind if torch.amp.is_autocast_available(kind) else ""
+        if autocast and torch.is_autocast_enabled(autocast):
+            with torch.autocast(autocast, enabled=False):  # probabilities in ``dtype``, always
                 return self.compute_probs(dtype, rows, grad=grad)
+        if (self.probs is None and self.mask is None and self.query_tokens is None
+                and self.key_tokens is None and q.dtype == dtype and k.dtype == dtype
+                and (grad or not torch.is_grad_enabled())):  # the common call, in fewer steps
+            if rows is not None:
+                q, k = _rows(q, rows), _rows(k, rows)
+            return _scores(q, k, self.scale).softmax(dim=-1)
         if torch.is_grad_enabled() and not grad:
             with torch.no_grad():
                 return self._probs(dtype, rows)
@@ -93,7 +103,9 @@ class AttentionCall:
             q = q[:, :, self.query_tokens]
             if mask is not None and mask.dim() == 4 and mask.shape[2] > 1:
                 mask = mask[:, :, self.query_tokens]
-        scores = _scores(q.to(dtype), k.to(dtype), self.scale)
+        if q.dtype != dtype or k.dtype != dtype:
+            q, k = q.to(dtype), k.to(dtype)
+        scores = _scores(q, k, self.scale)
         if mask is not None:
             if mask.dtype == torch.bool:
                 scores = scores.masked_fill(~mask, float("-inf"))
@@ -102,6 +114,8 @@ class AttentionCall:
         return self._cross_block(scores.softmax(dim=-1), keys_only=True)
 
     def _cross_block(self, probs: torch.Tensor, *, keys_only: bool) -> torch.Tensor:
+        if self.query_tokens is None and self.key_tokens is None:
+            return probs
         if not keys_only and self.query_tokens is not None:
             probs = probs[:, :, self.query_tokens]
         if self.key_tokens is not None:
@@ -110,6 +124,7 @@ class AttentionCall:
 
 
 _ZEROS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+_AUTOCAST: dict[torch.device, str] = {}  # device -> its type if torch has autocast for it
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:

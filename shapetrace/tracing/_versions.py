@@ -13,9 +13,12 @@ __all__ = ["versions", "written"]
 def versions(tensors: Sequence[torch.Tensor]) -> tuple[int, ...] | None:
     """The counters to compare with later, or None when a tensor keeps none (made under
     ``torch.inference_mode``): such tensors cannot be held and must be read at once."""
-    if any(t.is_inference() for t in tensors):
-        return None
-    return tuple(t._version for t in tensors)
+    try:
+        return tuple(t._version for t in tensors)
+    except RuntimeError:  # an inference tensor's counter cannot be read
+        if any(t.is_inference() for t in tensors):
+            return None
+        raise
 
 
 def written(tensors: Sequence[torch.Tensor], kept: tuple[int, ...]) -> list[torch.Tensor]:
