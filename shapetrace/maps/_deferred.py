@@ -56,11 +56,12 @@ def held_bytes(call: Any) -> int:
 class PendingCall:
     """One accepted call: what its sum needs (``job``: the arguments of a call checked at
     hand-over, or the store's note for a call like one checked before), the grad mode it was
-    handed over in, and the version counters of the tensors it reads."""
+    handed over in, and the tensors it reads with their version counters then."""
 
     call: Any
     job: Any
     grad: bool
+    tensors: tuple[torch.Tensor, ...]
     versions: tuple[int, ...]
 
 
@@ -75,8 +76,9 @@ class Pending:
     def add(self, call: Any, job: Any, grad: bool, nbytes: int | None = None) -> bool:
         """Keep a call (``nbytes`` held, counted from its storages when not given); True when
         the held calls or bytes reached the bounds (sum now)."""
-        kept = versions(_tensors(call))
-        self.items.append(PendingCall(call, job, grad, kept or ()))
+        tensors = _tensors(call)
+        kept = versions(tensors)
+        self.items.append(PendingCall(call, job, grad, tensors, kept or ()))
         if kept is None:  # no version counter to check later: sum it now
             return True
         self.held += held_bytes(call) if nbytes is None else nbytes
@@ -87,7 +89,7 @@ class Pending:
         q or k was written into since. The list is emptied first, so an error leaves none."""
         items, self.items, self.held = self.items, [], 0
         for item in items:
-            if written(_tensors(item.call), item.versions):
+            if written(item.tensors, item.versions):
                 name = getattr(item.call.layer, "name", "?")
                 raise ShapeTraceError(
                     f"layer {name!r}: its q or k was changed in place after the call, before "

@@ -80,7 +80,10 @@ class Intake:
         if self.defer and not self._stale:
             known = self._known.get(like)
             if known is not None:
-                self._mark_call(call.layer, call)  # a layer seen twice is refused now
+                if self.window == "forward":  # a layer seen twice is refused now
+                    self._mark_call(call.layer, call)
+                else:
+                    self._open += 1
                 if self._pending.add(call, known, enabled, known.nbytes):
                     self._flush()
                 return
