@@ -50,7 +50,6 @@ class Intake:
     _selection: tuple[Any, tuple[RowLabel, ...], torch.Tensor | slice] | None
     _known: dict[tuple[Any, ...], Known]
     _now: tuple[Any, ...]
-
     _largest: Resolution | None
 
     if TYPE_CHECKING:
