@@ -46,7 +46,10 @@ def _tensors(call: Any) -> tuple[torch.Tensor, ...]:
 
 def held_bytes(call: Any) -> int:
     """Bytes a held call keeps alive: whole storages, since a view keeps all of its own."""
-    tensors = _tensors(call)
+    return _storage_bytes(_tensors(call))
+
+
+def _storage_bytes(tensors: tuple[torch.Tensor, ...]) -> int:
     if tensors[0].device.type == "meta":
         return 0
     return sum(t.untyped_storage().nbytes() for t in tensors)
@@ -81,7 +84,7 @@ class Pending:
         self.items.append(PendingCall(call, job, grad, tensors, kept or ()))
         if kept is None:  # no version counter to check later: sum it now
             return True
-        self.held += held_bytes(call) if nbytes is None else nbytes
+        self.held += _storage_bytes(tensors) if nbytes is None else nbytes
         return self.held > self.budget or len(self.items) >= MAX_CALLS
 
     def drain(self, take: Callable[[Any, Any, bool], None]) -> None:

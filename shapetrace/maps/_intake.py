@@ -74,25 +74,23 @@ class Intake:
         reused when it is summed: Python run between the model's ops costs several times
         what it costs alone, so a repeated call does as little as it can here."""
         enabled = torch.is_grad_enabled()
+        grad = self.grad and enabled  # a running sum that keeps no graph builds none
+        if not self.defer:
+            args = self._accept(call, grad)
+            if args is not None:
+                with torch.set_grad_enabled(grad):
+                    self._sum(call, *args)
+            return
         q, k = call.query_heads, call.key_heads
         like = (call.layer.name, call.layer.resolution, q.shape, k.shape, q.device, enabled)
-        if self.defer and not self._stale:
-            known = self._known.get(like)
-            if known is not None:
-                if self.window == "forward":  # a layer seen twice is refused now
-                    self._mark_call(call.layer, call)
-                else:
-                    self._open += 1
-                if self._pending.add(call, known, enabled, known.nbytes):
-                    self._flush()
-                return
-        grad = self.grad and enabled  # a running sum that keeps no graph builds none
+        known = None if self._stale else self._known.get(like)
+        if known is not None:
+            self._mark_call(call.layer, call)  # counted; in a "forward" window, refused now
+            if self._pending.add(call, known, enabled, known.nbytes):
+                self._flush()
+            return
         args = self._accept(call, grad)
         if args is None:
-            return
-        if not self.defer:
-            with torch.set_grad_enabled(grad):
-                self._sum(call, *args)
             return
         nbytes = held_bytes(call)
         self._current_settings()

@@ -71,20 +71,14 @@ class AttentionCall:
         model's weights) when the forward runs with gradients enabled, for losses on the maps
         (Attend-and-Excite, Break-a-Scene); by default nothing is recorded for autograd.
         """
-        q, k = self.query_heads, self.key_heads
-        autocast = _AUTOCAST.get(q.device)
+        device = self.query_heads.device
+        autocast = _AUTOCAST.get(device)
         if autocast is None:
-            kind = q.device.type
-            autocast = _AUTOCAST[q.device] = kind if torch.amp.is_autocast_available(kind) else ""
+            kind = device.type
+            autocast = _AUTOCAST[device] = kind if torch.amp.is_autocast_available(kind) else ""
         if autocast and torch.is_autocast_enabled(autocast):
             with torch.autocast(autocast, enabled=False):  # probabilities in ``dtype``, always
                 return self.compute_probs(dtype, rows, grad=grad)
-        if (self.probs is None and self.mask is None and self.query_tokens is None
-                and self.key_tokens is None and q.dtype == dtype and k.dtype == dtype
-                and (grad or not torch.is_grad_enabled())):  # the common call, in fewer steps
-            if rows is not None:
-                q, k = _rows(q, rows), _rows(k, rows)
-            return _scores(q, k, self.scale).softmax(dim=-1)
         if torch.is_grad_enabled() and not grad:
             with torch.no_grad():
                 return self._probs(dtype, rows)
