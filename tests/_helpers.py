@@ -7,12 +7,14 @@ from torch import nn
 
 
 def hook_count(model: nn.Module) -> int:
-    """All module hooks of the model, plus torch's global module hooks."""
+    """All module hooks of the model, plus torch's global module hooks, plus shapetrace's
+    wrappers of a module's forward (how the tracer's light replay watches a module)."""
     from torch.nn.modules import module as module_mod
 
     total = 0
     for m in model.modules():
         total += len(m._forward_hooks) + len(m._forward_pre_hooks)
+        total += hasattr(m.__dict__.get("forward"), "_shapetrace_wrap")
         total += len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
     total += len(module_mod._global_forward_hooks) + len(module_mod._global_forward_pre_hooks)
     return total

@@ -152,3 +152,26 @@ def test_compute_probs_is_float32_softmax_even_under_autocast(rows) -> None:
         probs = call.compute_probs(torch.float32, rows=rows)
     assert probs.dtype == torch.float32
     torch.testing.assert_close(probs.double(), reference, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "rows", [slice(0, 1), slice(1, 2), slice(0, 2), slice(2, 3), torch.tensor([1, 0])]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compute_probs_reads_the_strided_heads_a_plan_gives(rows, dtype) -> None:
+    """q and k as the light replay hands them over: (B, N, H*d) projection outputs viewed as
+    (B, H, N, d), not contiguous; one kept row is read in place (no copy), others as before."""
+    from shapetrace.journey import LayerRecord
+
+    g = torch.Generator().manual_seed(1)
+    q_out, k_out = torch.randn(2, 64, 3 * 8, generator=g), torch.randn(2, 9, 3 * 8, generator=g)
+    q = q_out.view(2, 64, 3, 8).transpose(1, 2)
+    k = k_out.view(2, 9, 3, 8).transpose(1, 2)
+    assert not q.is_contiguous()
+    call = AttentionCall(LayerRecord("l", "cross", "down", (8, 8), "p", 3, 8), q, k, 0.35)
+    picked = rows if isinstance(rows, slice) else rows.tolist()
+    reference = (q.double()[picked] @ k.double()[picked].transpose(-1, -2) * 0.35).softmax(-1)
+    probs = call.compute_probs(dtype, rows=rows)
+    assert probs.dtype == dtype and probs.shape == reference.shape
+    torch.testing.assert_close(probs.double(), reference, rtol=0,
+                               atol=1e-12 if dtype == torch.float64 else 1e-6)

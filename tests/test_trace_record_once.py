@@ -255,8 +255,11 @@ def test_a_light_replay_gives_a_store_the_maps_of_recording_every_call() -> None
     with torch.no_grad(), shapetrace.trace(built.module, probes=[stores[1]], monitors=False):
         for args, kwargs in inputs:
             built.module(*args, **kwargs)
-            # the replay ran with post-hooks only: no pre-hook on the layer, none on its block
-            assert not attn._forward_pre_hooks and len(attn._forward_hooks) == 1
+            # the replay watched the layer's forward only: no hook on it, its q and k
+            # projections' forwards wrapped to keep their outputs
+            assert not attn._forward_pre_hooks and not attn._forward_hooks
+            assert [hook_count(m) for m in (attn.to_q, attn.to_k, attn.to_v)] == [1, 1, 0]
+            assert hasattr(attn.__dict__.get("forward"), "_shapetrace_wrap")
     every, light = stores[0].entries, stores[1].entries
     assert every.keys() == light.keys() and {k.kind for k in every} == {"cross", "self"}
     for key, entry in every.items():

@@ -98,22 +98,33 @@ def fire_probes(wanted: Sequence[Probe], state: CallState, record: LayerRecord) 
         probe.on_attention(call)
 
 
+_LATE = (
+    "a forward hook was added to its {} projection inside the traced block, after the "
+    "tracer began to watch it, so the output the model went on with is unknown; register "
+    "hooks before entering the block"
+)
+
+
 def fire_planned(
     wanted: Sequence[Probe],
     plan: Plan,
-    captures: dict[int, torch.Tensor],
+    captures: dict[int, torch.Tensor | None],
     record: LayerRecord,
     call_index: int,
 ) -> None:
     """Give the probes that want it a call that ran without the recorder: q and k rebuilt
     from its projections' outputs through the plan learned on a recorded call of its
-    signature."""
+    signature (an output kept as None may have been replaced by a forward hook added in
+    the block)."""
     q_module, k_module = plan.q.module(), plan.k.module()
     q_out = captures.get(id(q_module)) if q_module is not None else None
     k_out = captures.get(id(k_module)) if k_module is not None else None
     if not wanted or q_out is None or k_out is None:
         if wanted:
-            missed(wanted, record, "a projection did not run as the learned plan says")
+            late = [m for m in (q_module, k_module) if m is not None and id(m) in captures
+                    and captures[id(m)] is None]
+            missed(wanted, record, _LATE.format(type(late[0]).__name__) if late else
+                   "a projection did not run as the learned plan says")
         return
     q = plan.q.heads(q_out, plan.heads, plan.head_dim)
     k = plan.k.heads(k_out, plan.heads, plan.head_dim)

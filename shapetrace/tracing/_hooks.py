@@ -51,7 +51,7 @@ class FastCall:
     key: tuple[str, Hashable]
     learned: Learned
     call: int
-    captures: dict[int, torch.Tensor] = field(default_factory=dict)
+    captures: dict[int, torch.Tensor | None] = field(default_factory=dict)
 
 
 def model_signature(
@@ -98,7 +98,7 @@ class CallHooks:
         self.replay: tuple[tuple[str, Hashable, Learned], ...] | None = None
         self.step = 0
         self.observed: list[tuple[str, Hashable]] | None = None
-        self.loose: dict[int, torch.Tensor] = {}  # projection outputs kept during a light replay
+        self.loose: dict[int, torch.Tensor | None] = {}  # outputs kept during a light replay
         self.layer_infos: tuple[LayerInfo, ...] = ()
         self.ensure: Callable[[str], None] = lambda _mode: None
 
@@ -360,11 +360,12 @@ class CallHooks:
         """Read the finiteness sums of this trace into the checks."""
         self.finite.resolve()
 
-    def light_end(self, info: LayerInfo, out: Any) -> None:
+    def light_end(self, info: LayerInfo, out: Any, final: bool = True) -> None:
         """A layer finished during a replayed model call (only post-hooks are in): count it,
-        check its output on its first call in the trace, feed the probes. A call off the
-        known path cannot be recorded any more: it is counted as such, and the next model
-        call gets every hook."""
+        check its output on its first call in the trace (unless a forward hook added in the
+        block may change it: not ``final``), feed the probes. A call off the known path
+        cannot be recorded any more: it is counted as such, and the next model call gets
+        every hook."""
         replay, step = self.replay, self.step
         if replay is None or step >= len(replay) or replay[step][0] != info.path:
             self.journey.skipped["unrecorded"] = self.journey.skipped.get("unrecorded", 0) + 1
@@ -383,12 +384,12 @@ class CallHooks:
         if out is None:  # the forward raised inside this layer
             self.failed = FastCall(info, _key, learned, call)  # type: ignore[arg-type]
             return
-        self._known_call(_key, learned, call, out, self.loose)
+        self._known_call(_key, learned, call, out, self.loose, final)
         self.loose.clear()
 
     def _known_call(
         self, key: Hashable, learned: Learned, call: int, out: Any,
-        captures: dict[int, torch.Tensor],
+        captures: dict[int, torch.Tensor | None], final: bool = True,
     ) -> None:
         """A call of a known signature that ran without the recorder: counted towards its
         record, its output checked on its first call in the trace, and the probes that want
@@ -398,7 +399,7 @@ class CallHooks:
             self.list_unread(learned.unread)
             return
         kept = self.journal.repeated(id(learned), record, call)
-        if kept.calls == 1 and self.session.monitors:
+        if kept.calls == 1 and self.session.monitors and final:
             self.finite.add(kept, out)
         if learned.plan is not None and self.probes:
             wanting = self._wanting(key, record)
@@ -410,14 +411,16 @@ class CallHooks:
         if entry is not None and all(n.name != entry.name for n in self.journey.not_understood):
             self.journey.not_understood.append(entry)
 
-    def capture(self, module: nn.Module, out: Any) -> None:
-        """A projection ran: keep its output if a fast call's plan needs it."""
+    def capture(self, module: nn.Module, out: Any, final: bool = True) -> None:
+        """A projection ran: keep its output if a fast call's plan needs it (None when a
+        forward hook added in the block may have replaced it: not ``final``)."""
         if not isinstance(out, torch.Tensor):
             return
+        kept = out if final else None
         if not self.frames:
             if self.replay is not None:  # a light replay: the layer's post-hook takes it
-                self.loose[id(module)] = out
+                self.loose[id(module)] = kept
             return
         top = self.frames[-1]
         if isinstance(top, FastCall):
-            top.captures[id(module)] = out
+            top.captures[id(module)] = kept

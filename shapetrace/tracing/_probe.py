@@ -89,7 +89,13 @@ class AttentionCall:
             probs = self.probs if rows is None else _rows(self.probs, rows)
             return self._cross_block(probs, keys_only=False).to(dtype)
         q, k, mask = self.query_heads, self.key_heads, self.mask
-        if rows is not None:
+        plain = mask is None and self.query_tokens is None and k.shape[:2] == q.shape[:2]
+        one = _one_row(rows, q.shape[0]) if plain else None
+        if one is not None:
+            # one kept row (a store under guidance keeps the conditional half): its heads
+            # (H, N, d) are a strided view the batched product reads as it is, no copy
+            q, k = q[one], k[one]
+        elif rows is not None:
             q, k = _rows(q, rows), _rows(k, rows)
             if mask is not None and mask.dim() == 4 and mask.shape[0] > 1:
                 mask = _rows(mask, rows)
@@ -99,6 +105,9 @@ class AttentionCall:
                 mask = mask[:, :, self.query_tokens]
         if q.dtype != dtype or k.dtype != dtype:
             q, k = q.to(dtype), k.to(dtype)
+        if one is not None:
+            probs = _scores3(q, k, self.scale).softmax(dim=-1).unsqueeze(0)
+            return self._cross_block(probs, keys_only=True)
         scores = _scores(q, k, self.scale)
         if mask is not None:
             if mask.dtype == torch.bool:
@@ -128,13 +137,24 @@ def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     m = k.shape[2]
     if k.shape[:2] != (b, h):  # broadcast heads or batch: the general product
         return torch.matmul(q, k.transpose(-1, -2)) * scale
+    return _scores3(q.reshape(b * h, n, d), k.reshape(b * h, m, d), scale).view(b, h, n, m)
+
+
+def _scores3(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """(G, N, d) x (G, M, d) -> (G, N, M); strided views are read as they are."""
     zero = _ZEROS.get((q.device, q.dtype))
     if zero is None:  # beta=0 ignores it; a 0-dim tensor broadcasts to any shape
         zero = _ZEROS[(q.device, q.dtype)] = torch.zeros((), device=q.device, dtype=q.dtype)
-    keys = k.reshape(b * h, m, d).transpose(1, 2)
-    return torch.baddbmm(zero, q.reshape(b * h, n, d), keys, beta=0.0, alpha=scale).view(
-        b, h, n, m
-    )
+    return torch.baddbmm(zero, q, k.mT, beta=0.0, alpha=scale)
+
+
+def _one_row(rows: torch.Tensor | slice | None, batch: int) -> int | None:
+    """The row a slice of one row of ``batch`` takes (None for anything else)."""
+    if not isinstance(rows, slice) or rows.step not in (None, 1) or rows.start is None:
+        return None
+    if rows.stop == rows.start + 1 and 0 <= rows.start < batch:
+        return int(rows.start)
+    return None
 
 
 def _rows(t: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:

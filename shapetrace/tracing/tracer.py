@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from shapetrace.errors import NoAttentionLayersError, ShapeTraceError
 from shapetrace.journey import Journey
@@ -24,6 +23,7 @@ from shapetrace.tracing._memory import memory_of
 from shapetrace.tracing._probe import Probe
 from shapetrace.tracing._recorder import Recorder, Session
 from shapetrace.tracing._validate import validate_unet
+from shapetrace.tracing._wrap import Removable, watch
 
 __all__ = ["Tracer", "trace"]
 
@@ -96,7 +96,7 @@ class Tracer:
         self.layers: list[LayerInfo] = []
         self._session = Session(monitors=self.monitors)
         self._recorder = Recorder(self._session)
-        self._handles: list[RemovableHandle] = []
+        self._handles: list[Removable] = []
         self._geometry: list[Grid | None] = []
         self._patches: list[Grid] = []
         self._captured: set[int] = set()
@@ -104,7 +104,7 @@ class Tracer:
         self._found: Discovered | None = None
         self._mode = ""  # "", "light" or "full": which layer hooks are in
         self._root: nn.Module | None = None
-        self._light: list[RemovableHandle] = []
+        self._light: list[Removable] = []
         self._thread: int | None = None
         self._used = False
         self._warnings: Any = None
@@ -229,8 +229,8 @@ class Tracer:
         self._light.clear()
         if mode == "light":
             for info in found.layers:
-                self._light.append(info.module.register_forward_hook(self._light_post(info),
-                                                                     always_call=True))
+                self._light.append(watch(info.module, self._light_post(info), always=True,
+                                         hook=info.family == "mha"))
             self._mode = "light"
             return
         root = self._root
@@ -250,9 +250,9 @@ class Tracer:
         hooks = self._hooks
         assert hooks is not None
 
-        def post(_m: nn.Module, _a: Any, out: Any) -> None:
+        def post(out: Any, final: bool) -> None:
             if self._ours(count=True):
-                hooks.light_end(info, out)
+                hooks.light_end(info, out, final)
 
         return post
 
@@ -274,7 +274,7 @@ class Tracer:
                 with contextlib.suppress(Exception):  # a foreign mode on top of ours
                     self._recorder.__exit__(None, None, None)
         finally:
-            for handle in (*self._handles, *self._light):
+            for handle in reversed((*self._handles, *self._light)):  # a wrapper over another
                 handle.remove()
             self._handles.clear()
             self._light.clear()
@@ -375,7 +375,7 @@ class Tracer:
         hooks = self._hooks
         assert hooks is not None
         self._handles.append(
-            module.register_forward_hook(lambda m, _a, out: hooks.capture(m, out))
+            watch(module, lambda out, final: hooks.capture(module, out, final), always=False)
         )
 
 
