@@ -24,6 +24,7 @@ the module's forward, its next call takes it off.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -90,7 +91,9 @@ class ForwardWrap:
         below = getattr(self.previous, "_shapetrace_wrap", None)
         if isinstance(below, ForwardWrap):
             below.above = self
-        self.forward: Callable[..., Any] = forward
+        # a weak reference: a strong one would make a cycle (the function holds this object),
+        # and cycles wait for the garbage collector; 64 per forward leave the heap fragmented
+        self.forward = weakref.ref(forward)
         state["forward"] = forward
 
     def remove(self) -> None:
@@ -109,7 +112,7 @@ class ForwardWrap:
     def _restore(self) -> bool:
         """Put back what ``forward`` was, if this wrapper is the module's forward now."""
         state = self.module.__dict__
-        if state.get("forward") is not self.forward:
+        if state.get("forward") is not self.forward():
             return False
         if self.had:
             state["forward"] = self.previous
@@ -124,7 +127,7 @@ class ForwardWrap:
         if self.above is not None and self.above.active:  # ours on top: unlink this one
             above = self.above
             above.inner, above.had, above.previous = self.inner, self.had, self.previous
-            above.forward.__wrapped__ = self.inner  # type: ignore[attr-defined]
+            above.forward().__wrapped__ = self.inner  # type: ignore[union-attr]
             below = getattr(self.previous, "_shapetrace_wrap", None)
             if isinstance(below, ForwardWrap):
                 below.above = above

@@ -285,6 +285,7 @@ class Tracer:
             self._geometry.clear()
             if self._hooks is not None:
                 self._hooks.frames.clear()
+            self._hooks = None  # it holds this tracer's methods: no cycle left for the GC
             if self._warnings is not None:
                 self._warnings.__exit__(None, None, None)
                 self._warnings = None
