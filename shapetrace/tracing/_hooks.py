@@ -361,7 +361,7 @@ class CallHooks:
         self.finite.resolve()
 
     def light_end(self, info: LayerInfo, out: Any, final: bool = True) -> None:
-        """A layer finished during a replayed model call (only post-hooks are in): count it,
+        """A layer finished during a replayed model call (only its end is watched): count it,
         check its output on its first call in the trace (unless a forward hook added in the
         block may change it: not ``final``), feed the probes. A call off the known path
         cannot be recorded any more: it is counted as such, and the next model call gets
@@ -418,7 +418,7 @@ class CallHooks:
             return
         kept = out if final else None
         if not self.frames:
-            if self.replay is not None:  # a light replay: the layer's post-hook takes it
+            if self.replay is not None:  # a light replay: the layer's end takes it
                 self.loose[id(module)] = kept
             return
         top = self.frames[-1]

@@ -218,9 +218,9 @@ class Tracer:
         self._handles.append(root.register_forward_hook(root_post, always_call=True))
 
     def _ensure(self, mode: str) -> None:
-        """Hooks for what the model's call needs: ``light`` (a known signature replayed: the
-        layers' post-hooks count, check finiteness and feed probes) or ``full`` (recording:
-        layers, blocks, grid sources)."""
+        """Hooks for what the model's call needs: ``light`` (a known signature replayed: each
+        layer's wrapped forward, or its post-hook, counts the call, checks finiteness and
+        feeds probes; see ``_wrap``) or ``full`` (recording: layers, blocks, grid sources)."""
         found = self._found
         if found is None or self._mode == "full" or self._mode == mode:
             return
