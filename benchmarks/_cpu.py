@@ -213,7 +213,7 @@ def rows(s: Settings, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     target=CAPTURE if clock == "wall" else None,
                     note="store.capture(unet) around each forward: each cross call's q and k "
                          "handed over through the learned plan, probabilities of the kept "
-                         "(conditional) rows summed every 4 calls and when the forward ends",
+                         "(conditional) rows summed every 8 calls and when the forward ends",
                 ))
         out.extend(_breakdown(result, prefix, where, error))
         if model == "sd15" and facts.get("enter_exit_s"):

@@ -75,7 +75,7 @@ class AttentionStore(Intake):
         window: "run", "step" or "forward" (see the module's doc).
         detail: "resolution", "layer" or "head": what one running sum holds.
         grad: keep the autograd graph (the forward must run with gradients enabled).
-        defer: sum the calls' probabilities a few at a time (4 calls, or 64 MiB of q and k
+        defer: sum the calls' probabilities a few at a time (8 calls, or 64 MiB of q and k
             held, or the model's call ends) rather than each as it comes (cheaper); False
             sums each call as it comes.
 
