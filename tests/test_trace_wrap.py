@@ -220,3 +220,34 @@ def test_a_block_leaves_no_reference_cycle_for_the_garbage_collector(tiny):
     finally:
         gc.enable()
     assert {x.calls for x in journey.layers} == {1} and store.entries
+
+
+def test_a_layer_hooked_inside_the_block_counts_its_call_but_no_finiteness_check(tiny):
+    """Its wrapper sees the output before a hook that may replace it: the call is counted,
+    and its record says no call was checked rather than passing an output the model did not
+    go on with."""
+    attn = layer_of(tiny)
+    name = attn_name(tiny, attn)
+    with torch.no_grad(), shapetrace.trace(tiny.module):
+        forward(tiny)  # known from here on
+    handles = []
+
+    def hook_attn(_m, _a):  # runs inside the forward, after the wrappers went in
+        if not handles:
+            handles.append(attn.register_forward_hook(lambda _m, _a, out: out))
+
+    results = {}
+    for late in (False, True):
+        pre = tiny.module.conv_in.register_forward_pre_hook(hook_attn) if late else None
+        try:
+            with torch.no_grad(), shapetrace.trace(tiny.module) as journey:
+                forward(tiny)
+        finally:
+            for handle in [*handles, *([pre] if pre else [])]:
+                handle.remove()
+        (record,) = [x for x in journey.layers if x.name == name]
+        finite = any(c.name == "finite" for c in record.checks)
+        results[late] = (record.calls, record.checked, finite)
+    assert results[False] == (1, 1, True)
+    assert results[True] == (1, 0, False)
+    assert hook_count(tiny.module) == 0
