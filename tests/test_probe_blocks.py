@@ -160,7 +160,7 @@ def test_compute_probs_is_float32_softmax_even_under_autocast(rows) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compute_probs_reads_the_strided_heads_a_plan_gives(rows, dtype) -> None:
     """q and k as the light replay hands them over: (B, N, H*d) projection outputs viewed as
-    (B, H, N, d), not contiguous; one kept row is read in place (no copy), others as before."""
+    (B, H, N, d), not contiguous; one kept row takes its own path (one index per tensor)."""
     from shapetrace.journey import LayerRecord
 
     g = torch.Generator().manual_seed(1)

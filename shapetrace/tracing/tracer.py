@@ -274,7 +274,7 @@ class Tracer:
                 with contextlib.suppress(Exception):  # a foreign mode on top of ours
                     self._recorder.__exit__(None, None, None)
         finally:
-            for handle in reversed((*self._handles, *self._light)):  # a wrapper over another
+            for handle in (*self._handles, *self._light):  # in any order (see _wrap)
                 handle.remove()
             self._handles.clear()
             self._light.clear()
